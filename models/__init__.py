@@ -1,0 +1,1 @@
+"""Sana stage library: pure PyTorch, no Ray. See DESIGN.md for the contracts."""

@@ -1,0 +1,129 @@
+"""Write an offline, diffusers-format Sana pipeline folder with deterministic random weights.
+
+The folder has the layout of the published checkpoints (`model_index.json`, `text_encoder/`,
+`tokenizer/`, `transformer/`, `vae/`, `scheduler/`) so that both our stages and
+`diffusers.SanaPipeline.from_pretrained(DIR)` load it. Real architectures are written at real size
+in their GPU dtype under their Hub file variant (e.g. `*.bf16.safetensors`), exactly as the Hub
+stores them; tiny ones in float32 without a variant.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+
+import torch
+
+from models.errors import MaterializeError
+from models.registry import Variant, get_variant
+
+# Special tokens in Gemma's order, then one token per byte (Gemma's byte-fallback spelling), then
+# the SentencePiece word boundary. Any UTF-8 text (Chinese, emoji) encodes byte by byte, so
+# distinct prompts never collapse to one unknown token.
+_SPECIAL_TOKENS = ("<pad>", "<eos>", "<bos>", "<unk>", "<mask>")
+_WORD_BOUNDARY = "\u2581"
+
+
+def byte_level_vocab() -> dict[str, int]:
+    tokens = [*_SPECIAL_TOKENS, *(f"<0x{b:02X}>" for b in range(256)), _WORD_BOUNDARY]
+    return {token: index for index, token in enumerate(tokens)}
+
+
+def _model_index() -> dict[str, object]:
+    import diffusers
+
+    return {
+        "_class_name": "SanaPipeline",
+        "_diffusers_version": diffusers.__version__,
+        "scheduler": ["diffusers", "DPMSolverMultistepScheduler"],
+        "text_encoder": ["transformers", "Gemma2Model"],
+        "tokenizer": ["transformers", "GemmaTokenizerFast"],
+        "transformer": ["diffusers", "SanaTransformer2DModel"],
+        "vae": ["diffusers", "AutoencoderDC"],
+    }
+
+
+def _to_storage_dtype(model: torch.nn.Module, variant: Variant) -> torch.nn.Module:
+    dtype = getattr(torch, variant.gpu_dtype)
+    return model if dtype == torch.float32 else model.to(dtype)
+
+
+def _write_tokenizer(out: Path) -> None:
+    from transformers import GemmaTokenizer
+
+    tokenizer = GemmaTokenizer(vocab=byte_level_vocab(), merges=[], add_bos_token=True, add_eos_token=False)
+    tokenizer.save_pretrained(out / "tokenizer")
+
+
+def _write_text_encoder(variant: Variant, out: Path, seed: int) -> None:
+    from transformers import Gemma2Config, Gemma2Model
+
+    config = Gemma2Config(**variant.text_encoder_config())
+    vocab_needed = len(byte_level_vocab())
+    if config.vocab_size < vocab_needed:
+        raise MaterializeError(f"{variant.text_encoder_arch}: vocab_size below the tokenizer's {vocab_needed}")
+    torch.manual_seed(seed)
+    _to_storage_dtype(Gemma2Model(config), variant).save_pretrained(out / "text_encoder", variant=variant.weight_variant)
+
+
+def _write_transformer(variant: Variant, out: Path, seed: int) -> None:
+    from diffusers import SanaTransformer2DModel
+
+    torch.manual_seed(seed)
+    model = SanaTransformer2DModel(**variant.transformer_config())
+    _randomize_zero_inits(model, seed)
+    _to_storage_dtype(model, variant).save_pretrained(out / "transformer", variant=variant.weight_variant)
+
+
+def _randomize_zero_inits(model: torch.nn.Module, seed: int) -> None:
+    """Give zero-initialized parameters small random values.
+
+    Untrained DiTs start with zero scale/shift and zero output tables (adaLN-zero); left like that a
+    random checkpoint would ignore its prompt, and parity tests could not tell prompts, masks or
+    guidance apart.
+    """
+    generator = torch.Generator().manual_seed(seed + 1)
+    with torch.no_grad():
+        for param in model.parameters():
+            if param.numel() and not param.any():
+                param.copy_(torch.randn(param.shape, generator=generator) * 0.1)
+
+
+def _write_vae(variant: Variant, out: Path, seed: int) -> None:
+    from diffusers import AutoencoderDC
+
+    torch.manual_seed(seed)
+    model = AutoencoderDC(**variant.vae_config())
+    _to_storage_dtype(model, variant).save_pretrained(out / "vae", variant=variant.weight_variant)
+
+
+def _write_scheduler(variant: Variant, out: Path) -> None:
+    from diffusers import DPMSolverMultistepScheduler
+
+    DPMSolverMultistepScheduler.from_config(variant.scheduler_config()).save_pretrained(out / "scheduler")
+
+
+def _prepare_dir(out: Path) -> None:
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise MaterializeError(f"cannot create {out}: {exc.strerror or exc}") from exc
+    if not out.is_dir() or not os.access(out, os.W_OK | os.X_OK):
+        raise MaterializeError(f"cannot write to {out}: not a writable directory")
+
+
+def materialize(arch: str, out_dir: str | os.PathLike[str], seed: int = 0) -> Path:
+    """Write checkpoint `arch` (a registry name) into `out_dir`. Same seed, same weight bytes."""
+    variant = get_variant(arch)
+    out = Path(out_dir)
+    _prepare_dir(out)
+    # Each component gets its own seed so that the weights of one never depend on another's size.
+    _write_tokenizer(out)
+    _write_text_encoder(variant, out, seed * 10 + 1)
+    _write_transformer(variant, out, seed * 10 + 2)
+    _write_vae(variant, out, seed * 10 + 3)
+    _write_scheduler(variant, out)
+    (out / "model_index.json").write_text(json.dumps(_model_index(), indent=2, sort_keys=True) + "\n")
+    (out / "sana_serve.json").write_text(json.dumps({"arch": arch, "seed": seed}, indent=2) + "\n")
+    return out

@@ -1,0 +1,126 @@
+"""Variant registry: every Sana checkpoint we serve, and the tiny offline stand-ins.
+
+A variant says where its weights live (Hub repo id), which aspect-ratio bin table its resolution
+class uses, how it is stored for GPUs (dtype and file variant), its sampling defaults, and its full
+architecture, so that `materialize` can build it at real size with random weights. Architecture
+configs are data files in `models/architectures/` (copied from the published checkpoints, see
+../shared/reference/hub-configs/SOURCES.md), composed here with per-resolution overrides.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from functools import cache
+from pathlib import Path
+from typing import Any
+
+from models.errors import UnknownVariantError
+
+ARCHITECTURES_DIR = Path(__file__).parent / "architectures"
+
+# Sana-1.0 transformers: positional embeddings only from 2K up (the converter's table:
+# {512: None, 1024: None, 2048: 1.0, 4096: 2.0}); 4K uses a larger flow shift (6.0 vs 3.0).
+_INTERPOLATION_SCALE = {512: None, 1024: None, 2048: 1.0, 4096: 2.0}
+_FLOW_SHIFT = {512: 3.0, 1024: 3.0, 2048: 3.0, 4096: 6.0}
+
+
+@cache
+def _architecture(name: str) -> dict[str, Any]:
+    return json.loads((ARCHITECTURES_DIR / f"{name}.json").read_text())
+
+
+@dataclass(frozen=True)
+class Variant:
+    """One servable checkpoint: identity, storage and architecture."""
+
+    name: str
+    repo_id: str | None  # None: exists only as a materialized checkpoint
+    resolution: int  # resolution class: 512, 1024, 2048 or 4096; picks the bin table
+    transformer_arch: str
+    vae_arch: str
+    text_encoder_arch: str
+    gpu_dtype: str = "bfloat16"  # dtype the weights run in on CUDA
+    weight_variant: str | None = None  # Hub file variant holding gpu_dtype weights ("bf16", "fp16")
+    default_steps: int = 20
+    default_guidance: float = 4.5
+
+    @property
+    def sample_size(self) -> int:
+        # Latent side of the native resolution: DC-AE compresses 32x.
+        return self.resolution // 32
+
+    def transformer_config(self) -> dict[str, Any]:
+        config = dict(_architecture(self.transformer_arch))
+        config["sample_size"] = self.sample_size
+        scale = _INTERPOLATION_SCALE[self.resolution]
+        if scale is not None:
+            config["interpolation_scale"] = scale
+        return config
+
+    def vae_config(self) -> dict[str, Any]:
+        return dict(_architecture(self.vae_arch))
+
+    def text_encoder_config(self) -> dict[str, Any]:
+        return dict(_architecture(self.text_encoder_arch))
+
+    def scheduler_config(self) -> dict[str, Any]:
+        config = dict(_architecture("scheduler-flow-dpm-solver"))
+        config["flow_shift"] = _FLOW_SHIFT[self.resolution]
+        return config
+
+
+def _hub(name: str, repo: str, resolution: int, size: str, dtype: str, file_variant: str) -> Variant:
+    return Variant(
+        name=name,
+        repo_id=f"Efficient-Large-Model/{repo}",
+        resolution=resolution,
+        transformer_arch=f"transformer-sana-{size}",
+        vae_arch="vae-dc-ae-f32c32-sana-1.0",
+        text_encoder_arch="text-encoder-gemma-2-2b",
+        gpu_dtype=dtype,
+        weight_variant=file_variant,
+    )
+
+
+def _tiny(name: str, resolution: int) -> Variant:
+    return Variant(
+        name=name,
+        repo_id=None,
+        resolution=resolution,
+        transformer_arch="transformer-tiny",
+        vae_arch="vae-dc-ae-tiny",
+        text_encoder_arch="text-encoder-gemma-2-tiny",
+        gpu_dtype="float32",
+    )
+
+
+VARIANTS: dict[str, Variant] = {
+    v.name: v
+    for v in (
+        _hub("sana-600m-512", "Sana_600M_512px_diffusers", 512, "600m", "float16", "fp16"),
+        _hub("sana-600m-1024", "Sana_600M_1024px_diffusers", 1024, "600m", "float16", "fp16"),
+        _hub("sana-1600m-512", "Sana_1600M_512px_diffusers", 512, "1600m", "float16", "fp16"),
+        _hub("sana-1600m-1024", "Sana_1600M_1024px_BF16_diffusers", 1024, "1600m", "bfloat16", "bf16"),
+        _hub("sana-1600m-2k", "Sana_1600M_2Kpx_BF16_diffusers", 2048, "1600m", "bfloat16", "bf16"),
+        _hub("sana-1600m-4k", "Sana_1600M_4Kpx_BF16_diffusers", 4096, "1600m", "bfloat16", "bf16"),
+        _tiny("tiny", 1024),
+        _tiny("tiny-4k", 4096),
+    )
+}
+
+
+def get_variant(name: str) -> Variant:
+    try:
+        return VARIANTS[name]
+    except KeyError:
+        known = ", ".join(sorted(VARIANTS))
+        raise UnknownVariantError(f"unknown architecture {name!r}; known: {known}") from None
+
+
+def variant_for_repo(repo_id: str) -> Variant | None:
+    """The registry entry whose Hub repo is `repo_id`, if any."""
+    for variant in VARIANTS.values():
+        if variant.repo_id == repo_id:
+            return variant
+    return None

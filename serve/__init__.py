@@ -1,0 +1,1 @@
+"""Ray Serve application and CLI for sana-serve."""
