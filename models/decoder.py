@@ -1,8 +1,10 @@
 """Decoder stage: DC-AE latents → uint8 pixels at the requested size.
 
-Large outputs decode in overlapping tiles (1024 px tiles, stride 896, blended over the 128 px
-overlap) because an untiled 4K DC-AE decode needs more memory than an 80 GB card has
-(NVlabs/Sana#139); 512 px tiles leave visible seams at 4K. After decoding, the bin-sized image is
+Large outputs decode in overlapping tiles (1024 px tiles, stride 896, blended with linear ramps
+over the 128 px overlap) because an untiled 4K DC-AE decode needs more memory than an 80 GB card has
+(NVlabs/Sana#139); 512 px tiles leave visible seams at 4K. Tiles are accumulated into one output
+buffer as they are decoded, so peak memory is one tile's activations plus the image (diffusers'
+own tiled_decode keeps every decoded tile alive until the end). After decoding, the bin-sized image is
 resized and center-cropped to the requested size and quantized as diffusers does
 (`(x/2 + 0.5).clamp(0, 1) * 255`, rounded).
 """
@@ -39,10 +41,6 @@ class Decoder:
     def __init__(self, vae: torch.nn.Module, tiling: TilingConfig | None = None) -> None:
         self.vae = vae
         self.tiling = tiling or TilingConfig()
-        # Tile geometry lives on the module; it only takes effect when we call tiled_decode
-        # ourselves, so concurrent untiled decodes are unaffected (use_tiling stays False).
-        vae.tile_sample_min_height = vae.tile_sample_min_width = self.tiling.tile
-        vae.tile_sample_stride_height = vae.tile_sample_stride_width = self.tiling.stride
         self.scaling_factor = float(vae.config.scaling_factor)
 
     @classmethod
@@ -73,10 +71,49 @@ class Decoder:
         """
         z = latents.to(device=self.device, dtype=self.vae.dtype) / self.scaling_factor
         use_tiles = self.uses_tiling(latents) if tiled is None else tiled
-        image = self.vae.tiled_decode(z, return_dict=False)[0] if use_tiles else self.vae.decode(z, return_dict=False)[0]
+        image = self._tiled_decode(z) if use_tiles else self.vae.decode(z, return_dict=False)[0]
         if image.shape[-2:] != (height, width):
             image = PixArtImageProcessor.resize_and_crop_tensor(image, width, height)
         return to_uint8(image)
+
+    def _tiled_decode(self, z: torch.Tensor) -> torch.Tensor:
+        tile, stride = self.tiling.tile // 32, self.tiling.stride // 32
+        n, _, h, w = z.shape
+        out = torch.zeros(n, 3, h * 32, w * 32, device=z.device, dtype=torch.float32)
+        weight = torch.zeros(1, 1, h * 32, w * 32, device=z.device, dtype=torch.float32)
+        rows, cols = _tile_starts(h, tile, stride), _tile_starts(w, tile, stride)
+        for top in rows:
+            for left in cols:
+                piece = self.vae.decoder(z[:, :, top : top + tile, left : left + tile]).float()
+                ramp = _ramp(piece.shape[-2], top > 0, top + tile < h, self.tiling, z.device)[:, None]
+                ramp = ramp * _ramp(piece.shape[-1], left > 0, left + tile < w, self.tiling, z.device)[None, :]
+                y, x = top * 32, left * 32
+                out[:, :, y : y + piece.shape[-2], x : x + piece.shape[-1]] += piece * ramp
+                weight[:, :, y : y + piece.shape[-2], x : x + piece.shape[-1]] += ramp
+        return out / weight
+
+
+def _tile_starts(length: int, tile: int, stride: int) -> list[int]:
+    """Tile offsets (latent pixels) covering `length`, the last tile flush with the end."""
+    if length <= tile:
+        return [0]
+    starts = list(range(0, length - tile + 1, stride))
+    if starts[-1] + tile < length:
+        starts.append(length - tile)
+    return starts
+
+
+def _ramp(size: int, fade_in: bool, fade_out: bool, tiling: TilingConfig, device: torch.device) -> torch.Tensor:
+    """Per-pixel tile weight along one axis: linear ramps over the overlap on shared edges."""
+    weights = torch.ones(size, device=device)
+    overlap = min(tiling.tile - tiling.stride, size)
+    if overlap > 0:
+        ramp = (torch.arange(overlap, device=device, dtype=torch.float32) + 0.5) / overlap
+        if fade_in:
+            weights[:overlap] = ramp
+        if fade_out:
+            weights[-overlap:] = torch.minimum(weights[-overlap:], ramp.flip(0))
+    return weights
 
 
 def to_uint8(image: torch.Tensor) -> np.ndarray:

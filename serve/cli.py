@@ -1,0 +1,101 @@
+"""`sana-serve` command line: materialize offline checkpoints, generate in-process.
+
+Heavy imports (torch, diffusers) happen inside the commands so `--help` stays instant.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+
+def _add_materialize(commands: argparse._SubParsersAction) -> None:
+    parser = commands.add_parser(
+        "materialize",
+        help="write a diffusers-format checkpoint with deterministic random weights (offline)",
+        description="ARCH is a registry name: tiny, tiny-4k, or a real architecture such as sana-1600m-1024.",
+    )
+    parser.add_argument("arch")
+    parser.add_argument("dir", type=Path)
+    parser.add_argument("--seed", type=int, default=0)
+    parser.set_defaults(handler=_materialize)
+
+
+def _add_generate(commands: argparse._SubParsersAction) -> None:
+    parser = commands.add_parser("generate", help="generate images in-process (no Ray)")
+    parser.add_argument("--model", required=True, help="checkpoint folder or Hugging Face repo id")
+    parser.add_argument("--prompt", required=True)
+    parser.add_argument("--negative-prompt", default="")
+    parser.add_argument("--width", type=int, help="default: the checkpoint's resolution")
+    parser.add_argument("--height", type=int, help="default: the checkpoint's resolution")
+    parser.add_argument("--steps", type=int, help="default: 20")
+    parser.add_argument("--guidance", type=float, help="default: 4.5; <= 1 turns guidance off")
+    parser.add_argument("--seed", type=int, help="default: random (printed)")
+    parser.add_argument("--n", type=int, default=1, help="number of images")
+    parser.add_argument("--device", help="cuda or cpu (default: cuda when available)")
+    parser.add_argument("--out", required=True, type=Path, help="output image; with --n > 1, FILE-<i>.EXT")
+    parser.set_defaults(handler=_generate)
+
+
+def _materialize(args: argparse.Namespace) -> int:
+    from models.materialize import materialize
+
+    out = materialize(args.arch, args.dir, seed=args.seed)
+    print(f"materialized {args.arch} (seed {args.seed}) into {out}")
+    return 0
+
+
+def output_paths(out: Path, count: int) -> list[Path]:
+    if count == 1:
+        return [out]
+    return [out.with_name(f"{out.stem}-{i}{out.suffix}") for i in range(count)]
+
+
+def _generate(args: argparse.Namespace) -> int:
+    from PIL import Image
+
+    from models.pipeline import GenerationRequest, SanaInProcessPipeline
+
+    if args.out.suffix.lower() not in Image.registered_extensions():
+        raise SystemExit(f"error: --out {args.out}: unknown image extension {args.out.suffix!r}")
+    pipeline = SanaInProcessPipeline.from_pretrained(args.model, device=args.device)
+    request = GenerationRequest(
+        prompt=args.prompt,
+        negative_prompt=args.negative_prompt,
+        width=args.width,
+        height=args.height,
+        num_images=args.n,
+        steps=args.steps,
+        guidance_scale=args.guidance,
+        seed=args.seed,
+    )
+    result = pipeline.generate([request])[0]
+    for path, pixels in zip(output_paths(args.out, len(result.images)), result.images):
+        Image.fromarray(pixels).save(path)
+        print(f"wrote {path}")
+    print(f"seed {result.seed}; generated at {result.bin_width}x{result.bin_height}")
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="sana-serve", description="Serve Sana text-to-image models.")
+    commands = parser.add_subparsers(dest="command", required=True)
+    _add_materialize(commands)
+    _add_generate(commands)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    from models.errors import SanaError
+
+    try:
+        return args.handler(args)
+    except SanaError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

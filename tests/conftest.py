@@ -1,0 +1,37 @@
+"""Shared fixtures: one tiny checkpoint per test session, materialized offline."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+
+# Nothing in the tests may reach the Hugging Face Hub: every checkpoint is materialized.
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("HF_HUB_DISABLE_TELEMETRY", "1")
+os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+
+
+@pytest.fixture(scope="session")
+def tiny_checkpoint(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    from models.materialize import materialize
+
+    return materialize("tiny", tmp_path_factory.mktemp("tiny"), seed=0)
+
+
+@pytest.fixture(scope="session")
+def reference_pipeline(tiny_checkpoint: Path):
+    """diffusers' own SanaPipeline on the tiny checkpoint: the pixel reference."""
+    from diffusers import SanaPipeline
+
+    pipe = SanaPipeline.from_pretrained(tiny_checkpoint)
+    pipe.set_progress_bar_config(disable=True)
+    return pipe
+
+
+@pytest.fixture(scope="session")
+def pipeline(tiny_checkpoint: Path):
+    from models.pipeline import SanaInProcessPipeline
+
+    return SanaInProcessPipeline.from_pretrained(str(tiny_checkpoint), device="cpu")
