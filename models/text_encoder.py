@@ -143,14 +143,15 @@ class TextEncoder:
             else:
                 found[key] = cached
         if missing:
-            fresh = self._encode_uncached([text for text, _ in missing], with_instruction)
+            fresh = self.encode_uncached([text for text, _ in missing], with_instruction)
             for key, embedding in zip(missing, fresh):
                 self.cache.put(key, embedding)
                 found[key] = embedding
         return [found[key] for key in keys]
 
     @torch.no_grad()
-    def _encode_uncached(self, texts: list[str], with_instruction: bool) -> list[PromptEmbedding]:
+    def encode_uncached(self, texts: list[str], with_instruction: bool) -> list[PromptEmbedding]:
+        """Encode preprocessed `texts` without touching the cache."""
         if with_instruction and self._instruction:
             texts = [self._instruction + text for text in texts]
             max_length = self._instruction_length

@@ -38,6 +38,25 @@ def _add_generate(commands: argparse._SubParsersAction) -> None:
     parser.set_defaults(handler=_generate)
 
 
+def _add_run(commands: argparse._SubParsersAction) -> None:
+    parser = commands.add_parser(
+        "run",
+        help="start Ray (or join RAY_ADDRESS) and serve the HTTP API until Ctrl-C/SIGTERM",
+        description="With no --config, serves the embedded default: the tiny offline checkpoint on CPU.",
+    )
+    parser.add_argument("--config", type=Path, help="a Serve config file (e.g. serve_config.yaml)")
+    parser.add_argument("--model", help="checkpoint folder or repo id for the default route")
+    parser.add_argument("--host", help="default: the config's http_options.host, else 127.0.0.1")
+    parser.add_argument("--port", type=int, help="default: the config's http_options.port, else 8000")
+    parser.set_defaults(handler=_run)
+
+
+def _run(args: argparse.Namespace) -> int:
+    from serve.runner import RunOptions, run
+
+    return run(RunOptions(config=args.config, model=args.model, host=args.host, port=args.port))
+
+
 def _materialize(args: argparse.Namespace) -> int:
     from models.materialize import materialize
 
@@ -83,16 +102,18 @@ def build_parser() -> argparse.ArgumentParser:
     commands = parser.add_subparsers(dest="command", required=True)
     _add_materialize(commands)
     _add_generate(commands)
+    _add_run(commands)
     return parser
 
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     from models.errors import SanaError
+    from serve.config import ConfigError
 
     try:
         return args.handler(args)
-    except SanaError as exc:
+    except (SanaError, ConfigError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
 

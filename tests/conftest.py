@@ -35,3 +35,26 @@ def pipeline(tiny_checkpoint: Path):
     from models.pipeline import SanaInProcessPipeline
 
     return SanaInProcessPipeline.from_pretrained(str(tiny_checkpoint), device="cpu")
+
+
+@pytest.fixture(scope="session")
+def ray_serve():
+    """One Ray instance and Serve HTTP proxy for the whole session, on a free loopback port."""
+    import ray
+    from ray import serve
+
+    from tests.serve_harness import free_port
+
+    port = free_port()
+    ray.init(num_cpus=8, include_dashboard=False, configure_logging=False, log_to_driver=False)
+    serve.start(http_options={"host": "127.0.0.1", "port": port})
+    yield f"http://127.0.0.1:{port}"
+    serve.shutdown()
+    ray.shutdown()
+
+
+@pytest.fixture(scope="session")
+def serve_cache(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    path = tmp_path_factory.mktemp("sana-cache")
+    os.environ["SANA_SERVE_CACHE"] = str(path)
+    return path

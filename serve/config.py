@@ -1,0 +1,232 @@
+"""Application configuration: the `args` of the Serve application, parsed and checked once.
+
+Everything about routes, checkpoints, replicas, batching and limits lives in YAML
+(`serve_config.yaml`, `deploy/local.yaml`); this module turns it into typed objects and refuses
+bad configs with a message naming the key, before anything is deployed.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+MATERIALIZED_PREFIX = "materialized:"
+DEFAULT_LOCAL_CONFIG = Path(__file__).resolve().parent.parent / "deploy" / "local.yaml"
+
+
+class ConfigError(ValueError):
+    """A configuration that cannot be served; the message names the offending key."""
+
+
+@dataclass(frozen=True)
+class Batching:
+    max_batch_size: int = 4
+    batch_wait_timeout_s: float = 0.01
+
+
+@dataclass(frozen=True)
+class StageConfig:
+    """One stage deployment: Ray options (replicas, resources, autoscaling...) and batching."""
+
+    deployment: dict[str, Any] = field(default_factory=dict)
+    batching: Batching = Batching()
+    # torch intra-op threads in each replica. Ray caps fractional-CPU replicas at 1 thread; CPU
+    # float32 results are bit-identical only between runs with the same thread count.
+    torch_threads: int | None = None
+
+
+@dataclass(frozen=True)
+class TilingSettings:
+    above: int = 2048
+    tile: int = 1024
+    stride: int = 896
+
+
+@dataclass(frozen=True)
+class Route:
+    """One (Denoiser, Decoder) pair serving one checkpoint."""
+
+    name: str
+    checkpoint: str
+    denoiser: StageConfig
+    decoder: StageConfig
+    tiling: TilingSettings
+    device: str | None = None
+    description: str = ""
+
+
+@dataclass(frozen=True)
+class Limits:
+    max_prompt_chars: int = 2000
+    max_images: int = 4
+    min_side: int = 64
+    max_side: int = 4096
+    max_aspect_ratio: float = 4.0
+    max_steps: int = 50
+    max_guidance: float = 20.0
+    max_body_bytes: int = 65536
+
+
+@dataclass(frozen=True)
+class GatewayConfig:
+    deployment: dict[str, Any] = field(default_factory=dict)
+    limits: Limits = Limits()
+    stage_retries: int = 1  # extra attempts when a stage replica died mid-call
+    image_encode_threads: int = 4
+
+
+@dataclass(frozen=True)
+class TextEncoderConfig:
+    checkpoint: str
+    stage: StageConfig
+    cache_size: int = 1024
+    device: str | None = None
+
+
+@dataclass(frozen=True)
+class AppConfig:
+    text_encoder: TextEncoderConfig
+    routes: dict[str, Route]
+    default_route: str
+    gateway: GatewayConfig
+
+    def with_default_checkpoint(self, checkpoint: str) -> "AppConfig":
+        """The same config with the default route (and the shared text encoder) on `checkpoint`."""
+        route = self.routes[self.default_route]
+        routes = {**self.routes, route.name: _replace(route, checkpoint=checkpoint)}
+        return _replace(self, routes=routes, text_encoder=_replace(self.text_encoder, checkpoint=checkpoint))
+
+
+def _replace(obj, **changes):
+    from dataclasses import replace
+
+    return replace(obj, **changes)
+
+
+def _section(raw: Any, where: str) -> dict[str, Any]:
+    if raw is None:
+        return {}
+    if not isinstance(raw, dict):
+        raise ConfigError(f"{where} must be a mapping")
+    return raw
+
+
+def _typed(cls, raw: Any, where: str):
+    values = _section(raw, where)
+    known = set(cls.__dataclass_fields__)
+    unknown = sorted(set(values) - known)
+    if unknown:
+        raise ConfigError(f"{where}: unknown key(s) {', '.join(unknown)}; expected {', '.join(sorted(known))}")
+    defaults = cls()
+    for key, value in values.items():
+        expected = type(getattr(defaults, key))
+        if expected is float and isinstance(value, int) and not isinstance(value, bool):
+            value = float(value)
+        if not isinstance(value, expected) or isinstance(value, bool) != (expected is bool):
+            raise ConfigError(f"{where}.{key} must be {expected.__name__}, got {value!r}")
+        if isinstance(value, (int, float)) and value < 0:
+            raise ConfigError(f"{where}.{key} must not be negative")
+    return cls(**{**defaults.__dict__, **values})
+
+
+_STAGE_KEYS = {"deployment", "batching", "torch_threads"}
+
+
+def _stage(raw: Any, where: str) -> StageConfig:
+    values = _section(raw, where)
+    unknown = sorted(set(values) - _STAGE_KEYS)
+    if unknown:
+        raise ConfigError(f"{where}: unknown key(s) {', '.join(unknown)}")
+    batching = _typed(Batching, values.get("batching"), f"{where}.batching")
+    if batching.max_batch_size < 1:
+        raise ConfigError(f"{where}.batching.max_batch_size must be at least 1")
+    threads = values.get("torch_threads")
+    if threads is not None and (not isinstance(threads, int) or isinstance(threads, bool) or threads < 1):
+        raise ConfigError(f"{where}.torch_threads must be a positive integer")
+    return StageConfig(
+        deployment=dict(_section(values.get("deployment"), f"{where}.deployment")),
+        batching=batching,
+        torch_threads=threads,
+    )
+
+
+def _checkpoint(raw: Any, where: str) -> str:
+    if not isinstance(raw, str) or not raw:
+        raise ConfigError(f"{where}.checkpoint must be a folder, a Hub repo id or materialized:ARCH")
+    return raw
+
+
+def _route(name: str, raw: Any) -> Route:
+    where = f"routes.{name}"
+    values = _section(raw, where)
+    unknown = sorted(set(values) - {"checkpoint", "denoiser", "decoder", "tiling", "device", "description"})
+    if unknown:
+        raise ConfigError(f"{where}: unknown key(s) {', '.join(unknown)}")
+    return Route(
+        name=name,
+        checkpoint=_checkpoint(values.get("checkpoint"), where),
+        denoiser=_stage(values.get("denoiser"), f"{where}.denoiser"),
+        decoder=_stage(values.get("decoder"), f"{where}.decoder"),
+        tiling=_typed(TilingSettings, values.get("tiling"), f"{where}.tiling"),
+        device=values.get("device"),
+        description=str(values.get("description", "")),
+    )
+
+
+def parse_app_config(args: dict[str, Any]) -> AppConfig:
+    """Parse the application's `args` mapping."""
+    args = _section(args, "args")
+    unknown = sorted(set(args) - {"text_encoder", "routes", "default_route", "gateway"})
+    if unknown:
+        raise ConfigError(f"args: unknown key(s) {', '.join(unknown)}")
+    routes_raw = _section(args.get("routes"), "routes")
+    if not routes_raw:
+        raise ConfigError("routes: at least one route is required")
+    routes = {str(name): _route(str(name), raw) for name, raw in routes_raw.items()}
+    default_route = args.get("default_route", next(iter(routes)))
+    if default_route not in routes:
+        raise ConfigError(f"default_route {default_route!r} is not one of the routes ({', '.join(routes)})")
+    enc = _section(args.get("text_encoder"), "text_encoder")
+    unknown = sorted(set(enc) - _STAGE_KEYS - {"checkpoint", "cache_size", "device"})
+    if unknown:
+        raise ConfigError(f"text_encoder: unknown key(s) {', '.join(unknown)}")
+    text_encoder = TextEncoderConfig(
+        checkpoint=_checkpoint(enc.get("checkpoint", routes[default_route].checkpoint), "text_encoder"),
+        stage=_stage({k: enc[k] for k in _STAGE_KEYS if k in enc}, "text_encoder"),
+        cache_size=int(enc.get("cache_size", 1024)),
+        device=enc.get("device"),
+    )
+    gw = _section(args.get("gateway"), "gateway")
+    unknown = sorted(set(gw) - {"deployment", "limits", "stage_retries", "image_encode_threads"})
+    if unknown:
+        raise ConfigError(f"gateway: unknown key(s) {', '.join(unknown)}")
+    gateway = GatewayConfig(
+        deployment=dict(_section(gw.get("deployment"), "gateway.deployment")),
+        limits=_typed(Limits, gw.get("limits"), "gateway.limits"),
+        stage_retries=int(gw.get("stage_retries", 1)),
+        image_encode_threads=int(gw.get("image_encode_threads", 4)),
+    )
+    return AppConfig(text_encoder=text_encoder, routes=routes, default_route=default_route, gateway=gateway)
+
+
+def load_serve_config(path: str | os.PathLike[str]) -> dict[str, Any]:
+    """A Serve config file (the `serve run`/`serve deploy` format) as a mapping."""
+    try:
+        data = yaml.safe_load(Path(path).read_text())
+    except OSError as exc:
+        raise ConfigError(f"cannot read config {path}: {exc.strerror or exc}") from exc
+    except yaml.YAMLError as exc:
+        raise ConfigError(f"config {path} is not valid YAML: {exc}") from exc
+    if not isinstance(data, dict) or not isinstance(data.get("applications"), list) or not data["applications"]:
+        raise ConfigError(f"config {path}: expected a Serve config with an 'applications' list")
+    return data
+
+
+def cache_dir() -> Path:
+    """Where materialized checkpoints are kept between starts (SANA_SERVE_CACHE)."""
+    default = Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache")) / "sana-serve"
+    return Path(os.environ.get("SANA_SERVE_CACHE", default))

@@ -1,0 +1,311 @@
+"""Gateway: the HTTP API in front of the stage deployments.
+
+A request goes: parse and validate → pick a route → orchestrate the stages → encode images.
+Orchestration passes each stage's DeploymentResponse straight into the next stage's call without
+awaiting it, so embeddings and latents move stage to stage through Ray's object store; only the
+final pixels come back here, and they are encoded in a thread pool, off the event loop.
+"""
+
+
+import asyncio
+import json
+import logging
+import math
+import re
+import time
+import uuid
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+
+from fastapi import FastAPI, Request
+from fastapi.responses import JSONResponse
+from pydantic import ValidationError
+from ray import serve
+from ray.serve.handle import DeploymentHandle
+
+from models.binning import bin_size
+from models.pipeline import MAX_SEED, GenerationRequest, ResolvedRequest, resolve_request, Defaults
+from serve.config import AppConfig, Limits
+from serve.errors import (
+    ApiError,
+    BadRequest,
+    ModelNotFound,
+    PayloadTooLarge,
+    UnsupportedMediaType,
+    error_response,
+    is_replica_failure,
+    to_api_error,
+)
+from serve.images import encode_b64
+from serve.payloads import DenoiseSpec, Pixels
+from serve.schemas import (
+    ErrorResponse,
+    ImageData,
+    ImageGenerationRequest,
+    ImageGenerationResponse,
+    ModelCard,
+    ModelList,
+    Timings,
+)
+
+logger = logging.getLogger("sana_serve.gateway")
+
+app = FastAPI(
+    title="sana-serve",
+    description="OpenAI-style images API for NVIDIA Sana text-to-image models on Ray Serve.",
+    version="0.1.0",
+)
+
+_SIZE = re.compile(r"^(\d{1,5})x(\d{1,5})$")
+_ERRORS = {status: {"model": ErrorResponse} for status in (400, 404, 413, 415, 503)}
+_REQUEST_BODY = {
+    "requestBody": {
+        "required": True,
+        "content": {"application/json": {"schema": ImageGenerationRequest.model_json_schema()}},
+    }
+}
+
+
+@dataclass(frozen=True)
+class RouteInfo:
+    name: str
+    resolution: int
+    defaults: Defaults
+
+
+@dataclass(frozen=True)
+class RouteHandles:
+    denoiser: DeploymentHandle
+    decoder: DeploymentHandle
+
+
+def parse_size(size: str | None, resolution: int, limits: Limits) -> tuple[int, int]:
+    if size is None or size == "auto":
+        return resolution, resolution
+    match = _SIZE.match(size)
+    if not match:
+        raise BadRequest(f'size must look like "1024x768" (WIDTHxHEIGHT), got {size!r}', "size")
+    width, height = int(match[1]), int(match[2])
+    for side in (width, height):
+        if not limits.min_side <= side <= limits.max_side:
+            raise BadRequest(f"size: each side must be in [{limits.min_side}, {limits.max_side}]", "size")
+    if max(width, height) / min(width, height) > limits.max_aspect_ratio:
+        raise BadRequest(f"size: aspect ratio above {limits.max_aspect_ratio}:1", "size")
+    return width, height
+
+
+def check_limits(body: ImageGenerationRequest, limits: Limits) -> None:
+    """Range checks that the schema's types cannot express; each names its field."""
+    if not body.prompt.strip():
+        raise BadRequest("prompt must not be empty", "prompt")
+    for name, text in (("prompt", body.prompt), ("negative_prompt", body.negative_prompt)):
+        if len(text) > limits.max_prompt_chars:
+            raise BadRequest(f"{name} is longer than {limits.max_prompt_chars} characters", name)
+    if not 1 <= body.n <= limits.max_images:
+        raise BadRequest(f"n must be in [1, {limits.max_images}]", "n")
+    if body.num_inference_steps is not None and not 1 <= body.num_inference_steps <= limits.max_steps:
+        raise BadRequest(f"num_inference_steps must be in [1, {limits.max_steps}]", "num_inference_steps")
+    if body.guidance_scale is not None and not (
+        math.isfinite(body.guidance_scale) and 0 <= body.guidance_scale <= limits.max_guidance
+    ):
+        raise BadRequest(f"guidance_scale must be in [0, {limits.max_guidance}]", "guidance_scale")
+    if body.seed is not None and not 0 <= body.seed <= MAX_SEED:
+        raise BadRequest(f"seed must be in [0, {MAX_SEED}]", "seed")
+
+
+def _validation_error(exc: ValidationError) -> BadRequest:
+    first = exc.errors()[0]
+    field = ".".join(str(part) for part in first.get("loc", ())) or None
+    message = first.get("msg", "invalid value")
+    if first.get("type") == "extra_forbidden":
+        message = "unknown field"
+    return BadRequest(f"{field}: {message}" if field else message, field)
+
+
+def _reject_constant(name: str) -> float:
+    # json.loads accepts NaN and Infinity by default; JSON does not.
+    raise ValueError(f"{name} is not valid JSON")
+
+
+def server_timing(timings: Timings) -> str:
+    return ", ".join(f"{name};dur={value:.1f}" for name, value in timings.model_dump().items())
+
+
+@serve.deployment(name="Gateway", ray_actor_options={"num_cpus": 0}, max_ongoing_requests=64)
+@serve.ingress(app)
+class Gateway:
+    def __init__(
+        self, config: AppConfig, text_encoder: DeploymentHandle, routes: dict[str, dict[str, DeploymentHandle]]
+    ) -> None:
+        self.config = config
+        self.limits = config.gateway.limits
+        self.text_encoder = text_encoder
+        self.routes = {name: RouteHandles(h["denoiser"], h["decoder"]) for name, h in routes.items()}
+        self._route_info: dict[str, RouteInfo] = {}
+        self._encode_pool = ThreadPoolExecutor(config.gateway.image_encode_threads, thread_name_prefix="image-encode")
+
+    # --- routes -------------------------------------------------------------------------------
+
+    async def route_info(self, name: str) -> RouteInfo:
+        info = self._route_info.get(name)
+        if info is None:
+            described = await self.routes[name].denoiser.describe.remote()
+            info = RouteInfo(name, described["resolution"], Defaults(described["steps"], described["guidance"]))
+            self._route_info[name] = info
+        return info
+
+    def pick_route(self, body: ImageGenerationRequest) -> str:
+        if body.model is None:
+            return self.config.default_route
+        if body.model not in self.routes:
+            raise ModelNotFound(
+                f"model {body.model!r} does not exist; GET /v1/models lists the routes", "model"
+            )
+        return body.model
+
+    # --- HTTP ---------------------------------------------------------------------------------
+
+    @app.get("/healthz")
+    async def healthz(self) -> dict:
+        return {"status": "ok", "routes": list(self.routes)}
+
+    @app.get("/v1/models", response_model=ModelList)
+    async def models(self) -> ModelList:
+        cards = []
+        for name in self.routes:
+            info = await self.route_info(name)
+            cards.append(
+                ModelCard(
+                    id=name,
+                    created=0,
+                    resolution=info.resolution,
+                    default_size=f"{info.resolution}x{info.resolution}",
+                    default=name == self.config.default_route,
+                )
+            )
+        return ModelList(data=cards)
+
+    @app.post(
+        "/v1/images/generations",
+        response_model=ImageGenerationResponse,
+        responses=_ERRORS,
+        openapi_extra=_REQUEST_BODY,
+    )
+    async def generations(self, request: Request):
+        request_id = request.headers.get("x-request-id") or uuid.uuid4().hex
+        started = time.perf_counter()
+        try:
+            body = await self._parse(request)
+            response = await self._generate(body, request_id, started)
+        except Exception as exc:  # noqa: BLE001 - every failure becomes a typed JSON error
+            error = to_api_error(exc)
+            log = logger.warning if error.status < 500 else logger.error
+            log(json.dumps({"event": "request_failed", "request_id": request_id, "status": error.status,
+                            "type": error.type, "param": error.param, "error": repr(exc)[:500]}))
+            return error_response(error, request_id)
+        return JSONResponse(
+            response.model_dump(),
+            headers={"Server-Timing": server_timing(response.timings_ms), "X-Request-Id": request_id},
+        )
+
+    async def _parse(self, request: Request) -> ImageGenerationRequest:
+        content_type = request.headers.get("content-type", "").split(";")[0].strip().lower()
+        if content_type != "application/json":
+            raise UnsupportedMediaType("Content-Type must be application/json")
+        declared = request.headers.get("content-length")
+        if declared is not None and declared.isdigit() and int(declared) > self.limits.max_body_bytes:
+            raise PayloadTooLarge(f"request body is larger than {self.limits.max_body_bytes} bytes")
+        raw = await request.body()
+        if len(raw) > self.limits.max_body_bytes:
+            raise PayloadTooLarge(f"request body is larger than {self.limits.max_body_bytes} bytes")
+        try:
+            text = raw.decode("utf-8")
+        except UnicodeDecodeError:
+            raise BadRequest("request body is not valid UTF-8") from None
+        try:
+            data = json.loads(text, parse_constant=_reject_constant)
+        except ValueError as exc:
+            raise BadRequest(f"request body is not valid JSON: {exc}") from None
+        if not isinstance(data, dict):
+            raise BadRequest("request body must be a JSON object")
+        try:
+            body = ImageGenerationRequest.model_validate(data)
+        except ValidationError as exc:
+            raise _validation_error(exc) from None
+        check_limits(body, self.limits)
+        return body
+
+    async def _generate(self, body: ImageGenerationRequest, request_id: str, started: float) -> ImageGenerationResponse:
+        # 1. Route and size.
+        route = self.pick_route(body)
+        info = await self.route_info(route)
+        width, height = parse_size(body.size, info.resolution, self.limits)
+        job = resolve_request(
+            GenerationRequest(
+                prompt=body.prompt,
+                negative_prompt=body.negative_prompt,
+                width=width,
+                height=height,
+                num_images=body.n,
+                steps=body.num_inference_steps,
+                guidance_scale=body.guidance_scale,
+                seed=body.seed,
+            ),
+            info.resolution,
+            info.defaults,
+        )
+        # 2. Stages: encode → denoise → decode, retried once if a replica dies mid-call.
+        pixels = await self._run_stages(route, job, bin_size(width, height, info.resolution))
+        # 3. Encode images off the event loop.
+        encode_started = time.perf_counter()
+        loop = asyncio.get_running_loop()
+        images = await asyncio.gather(
+            *(loop.run_in_executor(self._encode_pool, encode_b64, img, body.output_format) for img in pixels.images)
+        )
+        image_encode_ms = (time.perf_counter() - encode_started) * 1000
+        total_ms = (time.perf_counter() - started) * 1000
+        stage_ms = {name: pixels.timings[name].compute_ms for name in ("encode", "denoise", "decode")}
+        timings = Timings(
+            queue=round(max(0.0, total_ms - sum(stage_ms.values()) - image_encode_ms), 3),
+            image_encode=round(image_encode_ms, 3),
+            total=round(total_ms, 3),
+            **stage_ms,
+        )
+        logger.info(json.dumps({"event": "request_done", "request_id": request_id, "route": route,
+                                "n": job.num_images, "size": f"{width}x{height}", "seed": job.seed,
+                                "timings_ms": timings.model_dump()}))
+        return ImageGenerationResponse(
+            created=int(time.time()),
+            data=[ImageData(b64_json=b64, revised_prompt=job.prompt) for b64 in images],
+            model=route,
+            size=f"{width}x{height}",
+            seed=job.seed,
+            output_format=body.output_format,
+            timings_ms=timings,
+            batch_size=pixels.timings["denoise"].batch_size,
+            nodes={name: timing.node for name, timing in pixels.timings.items()},
+        )
+
+    async def _run_stages(self, route: str, job: ResolvedRequest, bin_wh: tuple[int, int]) -> Pixels:
+        handles = self.routes[route]
+        spec = DenoiseSpec(
+            seed=job.seed,
+            num_images=job.num_images,
+            width=bin_wh[0],
+            height=bin_wh[1],
+            steps=job.steps,
+            guidance_scale=job.guidance_scale,
+        )
+        retries_left = self.config.gateway.stage_retries
+        while True:
+            try:
+                # Not awaited in between: each DeploymentResponse goes straight into the next call.
+                prompt = self.text_encoder.encode.remote(job.prompt, True)
+                negative = self.text_encoder.encode.remote(job.negative_prompt, False) if job.uses_guidance else None
+                latents = handles.denoiser.denoise.remote(spec, prompt, negative)
+                return await handles.decoder.decode.remote(latents, job.width, job.height)
+            except Exception as exc:  # noqa: BLE001
+                if retries_left <= 0 or not is_replica_failure(exc):
+                    raise
+                retries_left -= 1
+                logger.warning(json.dumps({"event": "stage_retry", "route": route, "error": repr(exc)[:300]}))

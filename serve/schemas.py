@@ -1,0 +1,83 @@
+"""HTTP request and response schemas (OpenAI Images API shape plus Sana fields)."""
+
+from __future__ import annotations
+
+from typing import Literal
+
+from pydantic import BaseModel, ConfigDict, Field, StrictFloat, StrictInt, StrictStr
+
+OutputFormat = Literal["png", "jpeg", "webp"]
+
+
+class ImageGenerationRequest(BaseModel):
+    """`POST /v1/images/generations`. Unknown fields are refused, types are strict (no "5" for 5)."""
+
+    model_config = ConfigDict(extra="forbid", allow_inf_nan=False)
+
+    prompt: StrictStr = Field(description="What to draw.")
+    model: StrictStr | None = Field(None, description="A route id from GET /v1/models; default: the default route.")
+    n: StrictInt = Field(1, description="Number of images.")
+    size: StrictStr | None = Field(None, description='"WIDTHxHEIGHT", e.g. "1024x768"; default: the route\'s native size.')
+    response_format: Literal["b64_json"] = Field("b64_json", description="Only b64_json: images come inline.")
+    output_format: OutputFormat = Field("png", description="Image encoding.")
+    negative_prompt: StrictStr = Field("", description="What not to draw (used when guidance_scale > 1).")
+    seed: StrictInt | None = Field(None, description="Random seed; chosen by the server and returned when absent.")
+    num_inference_steps: StrictInt | None = Field(None, description="Solver steps; default 20.")
+    guidance_scale: StrictFloat | StrictInt | None = Field(
+        None, description="Classifier-free guidance; default 4.5; <= 1 turns it off."
+    )
+    user: StrictStr | None = Field(None, description="OpenAI's end-user id; logged, otherwise unused.")
+
+
+class ImageData(BaseModel):
+    b64_json: str
+    revised_prompt: str = Field(description="The prompt as generated, after the safety filter.")
+
+
+class Timings(BaseModel):
+    """Where the request's time went, in milliseconds. Also sent as a `Server-Timing` header."""
+
+    queue: float = Field(description="Waiting: batching queues, transfers, scheduling (total minus the rest).")
+    encode: float = Field(description="Text encoder compute (Gemma-2).")
+    denoise: float = Field(description="Denoiser compute for the request's batch.")
+    decode: float = Field(description="DC-AE decode, resize and quantize.")
+    image_encode: float = Field(description="PNG/JPEG/WebP encoding and base64 on the gateway.")
+    total: float = Field(description="Gateway receive to response.")
+
+
+class ImageGenerationResponse(BaseModel):
+    created: int
+    data: list[ImageData]
+    model: str
+    size: str = Field(description="WIDTHxHEIGHT of the returned images.")
+    seed: int = Field(description="The seed used (the server's choice when the request had none).")
+    output_format: OutputFormat
+    timings_ms: Timings
+    batch_size: int = Field(description="Images in the denoiser batch this request ran in.")
+    nodes: dict[str, str] = Field(description="Host that ran each stage (encode, denoise, decode).")
+
+
+class ModelCard(BaseModel):
+    id: str
+    object: Literal["model"] = "model"
+    created: int
+    owned_by: str = "sana-serve"
+    resolution: int
+    default_size: str
+    default: bool
+
+
+class ModelList(BaseModel):
+    object: Literal["list"] = "list"
+    data: list[ModelCard]
+
+
+class ErrorBody(BaseModel):
+    message: str
+    type: str
+    param: str | None = None
+    code: str | None = None
+
+
+class ErrorResponse(BaseModel):
+    error: ErrorBody

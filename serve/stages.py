@@ -1,0 +1,196 @@
+"""Ray Serve deployments wrapping the `models/` stages: TextEncoder, Denoiser, Decoder.
+
+Each is small and does one job. Compute runs in a worker thread so the replica's event loop keeps
+accepting requests (and filling the next batch) while a batch runs. Batching parameters come from
+config and are applied when a replica starts.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import socket
+import time
+
+import torch
+from ray import serve
+
+from models.binning import resolution_for_sample_size
+from models.decoder import Decoder as DecoderStage
+from models.decoder import TilingConfig
+from models.denoiser import DenoiseJob
+from models.denoiser import Denoiser as DenoiserStage
+from models.pipeline import Defaults
+from models.text_encoder import PromptEmbedding
+from models.text_encoder import TextEncoder as TextEncoderStage
+from serve.checkpoints import resolve_checkpoint
+from serve.config import Batching, StageConfig, TilingSettings
+from serve.payloads import DenoiseSpec, EncodedPrompt, Latents, Pixels, StageTiming
+
+logger = logging.getLogger("sana_serve.stages")
+NODE = socket.gethostname()
+
+
+def _ms(seconds: float) -> float:
+    return round(seconds * 1000.0, 3)
+
+
+def _set_threads(stage: StageConfig) -> None:
+    if stage.torch_threads is not None:
+        torch.set_num_threads(stage.torch_threads)
+
+
+def _configure_batching(batch_method, batching: Batching) -> None:
+    batch_method.set_max_batch_size(batching.max_batch_size)
+    batch_method.set_batch_wait_timeout_s(batching.batch_wait_timeout_s)
+
+
+def _images_in(specs: list[DenoiseSpec]) -> int:
+    return sum(spec.num_images for spec in specs)
+
+
+@serve.deployment(name="TextEncoder", ray_actor_options={"num_cpus": 0}, max_ongoing_requests=64)
+class TextEncoder:
+    """Gemma-2 prompt embeddings, batched over concurrent requests, with an LRU cache."""
+
+    def __init__(self, checkpoint: str, stage: StageConfig, cache_size: int, device: str | None = None) -> None:
+        _set_threads(stage)
+        self.stage = TextEncoderStage.from_pretrained(
+            resolve_checkpoint(checkpoint), device=device, cache_size=cache_size
+        )
+        _configure_batching(self.encode_batch, stage.batching)
+        # Warm-up: the first forward pass pays for kernel selection; not a user's request.
+        for flag in (True, False):
+            self.stage.encode_uncached(["warm-up"], with_instruction=flag)
+
+    async def encode(self, prompt: str, with_instruction: bool) -> EncodedPrompt:
+        return await self.encode_batch(prompt, with_instruction, time.perf_counter())
+
+    @serve.batch(max_batch_size=8, batch_wait_timeout_s=0.005)
+    async def encode_batch(
+        self, prompts: list[str], with_instruction: list[bool], arrived: list[float]
+    ) -> list[EncodedPrompt]:
+        started = time.perf_counter()
+        embeddings = await asyncio.to_thread(self._encode_grouped, prompts, with_instruction)
+        compute = time.perf_counter() - started
+        return [
+            EncodedPrompt(emb, StageTiming(_ms(started - t), _ms(compute), len(prompts), NODE))
+            for emb, t in zip(embeddings, arrived)
+        ]
+
+    def _encode_grouped(self, prompts: list[str], with_instruction: list[bool]):
+        results = [None] * len(prompts)
+        for flag in (True, False):
+            indices = [i for i, f in enumerate(with_instruction) if f is flag]
+            if indices:
+                encoded = self.stage.encode([prompts[i] for i in indices], with_instruction=flag)
+                for i, emb in zip(indices, encoded):
+                    results[i] = _to_cpu(emb)
+        return results
+
+    def cache_stats(self) -> dict[str, int]:
+        cache = self.stage.cache
+        return {"hits": cache.hits, "misses": cache.misses, "size": len(cache)}
+
+
+def _to_cpu(embedding: PromptEmbedding) -> PromptEmbedding:
+    # Embeddings cross process boundaries; CUDA tensors would pin them to this GPU.
+    if embedding.embeds.device.type == "cpu":
+        return embedding
+    return PromptEmbedding(embedding.embeds.cpu(), embedding.mask.cpu())
+
+
+@serve.deployment(name="Denoiser", ray_actor_options={"num_cpus": 0}, max_ongoing_requests=32)
+class Denoiser:
+    """Sana DiT + Flow-DPM-Solver for one route, batched over requests (batch size counts images)."""
+
+    def __init__(self, checkpoint: str, stage: StageConfig, device: str | None = None) -> None:
+        _set_threads(stage)
+        self.stage = DenoiserStage.from_pretrained(resolve_checkpoint(checkpoint), device=device)
+        _configure_batching(self.denoise_batch, stage.batching)
+        self.defaults = Defaults()
+        self._warm_up()
+        self.batch_sizes: list[int] = []  # recent batch sizes in images, for tests and stats
+
+    async def denoise(
+        self, spec: DenoiseSpec, prompt: EncodedPrompt, negative: EncodedPrompt | None
+    ) -> Latents:
+        return await self.denoise_batch(spec, prompt, negative, time.perf_counter())
+
+    @serve.batch(max_batch_size=4, batch_wait_timeout_s=0.01, batch_size_fn=_images_in)
+    async def denoise_batch(
+        self,
+        specs: list[DenoiseSpec],
+        prompts: list[EncodedPrompt],
+        negatives: list[EncodedPrompt | None],
+        arrived: list[float],
+    ) -> list[Latents]:
+        jobs = [
+            DenoiseJob(
+                prompt=p.embedding,
+                negative=n.embedding if n is not None else None,
+                seed=s.seed,
+                num_images=s.num_images,
+                width=s.width,
+                height=s.height,
+                steps=s.steps,
+                guidance_scale=s.guidance_scale,
+            )
+            for s, p, n in zip(specs, prompts, negatives)
+        ]
+        images = _images_in(specs)
+        self.batch_sizes = (self.batch_sizes + [images])[-256:]
+        started = time.perf_counter()
+        latents = await asyncio.to_thread(self._run, jobs)
+        compute = time.perf_counter() - started
+        results = []
+        for z, p, n, t in zip(latents, prompts, negatives, arrived):
+            # The encode share of a request is its slower prompt (both ran concurrently).
+            encode = max((e for e in (p, n) if e is not None), key=lambda e: e.timing.compute_ms).timing
+            timing = StageTiming(_ms(started - t), _ms(compute), images, NODE)
+            results.append(Latents(latents=z, timings={"encode": encode, "denoise": timing}))
+        return results
+
+    @torch.inference_mode()
+    def _run(self, jobs: list[DenoiseJob]) -> list[torch.Tensor]:
+        return [z.cpu() for z in self.stage.denoise(jobs)]
+
+    def _warm_up(self) -> None:
+        side = min(resolution_for_sample_size(self.stage.sample_size), 1024)
+        width = self.stage.transformer.config.caption_channels
+        prompt = PromptEmbedding(torch.zeros(300, width), torch.ones(300, dtype=torch.long))
+        self._run([DenoiseJob(prompt, prompt, 0, 1, side, side, 1, 4.5)])
+
+    def describe(self) -> dict:
+        """Resolution class and sampling defaults of this route's checkpoint."""
+        return {
+            "resolution": resolution_for_sample_size(self.stage.sample_size),
+            "steps": self.defaults.steps,
+            "guidance": self.defaults.guidance_scale,
+        }
+
+    def recent_batch_sizes(self) -> list[int]:
+        return list(self.batch_sizes)
+
+
+@serve.deployment(name="Decoder", ray_actor_options={"num_cpus": 0}, max_ongoing_requests=16)
+class Decoder:
+    """DC-AE decode (tiled for large outputs), resize-and-crop, uint8 pixels."""
+
+    def __init__(
+        self, checkpoint: str, stage: StageConfig, tiling: TilingSettings, device: str | None = None
+    ) -> None:
+        _set_threads(stage)
+        self.stage = DecoderStage.from_pretrained(
+            resolve_checkpoint(checkpoint),
+            device=device,
+            tiling=TilingConfig(above=tiling.above, tile=tiling.tile, stride=tiling.stride),
+        )
+        channels = self.stage.vae.config.latent_channels
+        self.stage.decode(torch.zeros(1, channels, 32, 32), 1024, 1024)  # warm-up
+
+    async def decode(self, latents: Latents, width: int, height: int) -> Pixels:
+        started = time.perf_counter()
+        images = await asyncio.to_thread(self.stage.decode, latents.latents, width, height)
+        timing = StageTiming(0.0, _ms(time.perf_counter() - started), 1, NODE)
+        return Pixels(images=images, timings={**latents.timings, "decode": timing})

@@ -1,0 +1,57 @@
+"""Helpers for tests that run the real Ray Serve application on 127.0.0.1."""
+
+from __future__ import annotations
+
+import base64
+import copy
+import io
+import socket
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import yaml
+from PIL import Image
+
+LOCAL_CONFIG = Path(__file__).resolve().parent.parent / "deploy" / "local.yaml"
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def local_args(checkpoint: str, **route_overrides: Any) -> dict[str, Any]:
+    """deploy/local.yaml's application args, pointed at `checkpoint`.
+
+    Stages use this process's torch thread count, so served pixels can be compared bit for bit
+    with references computed here.
+    """
+    import torch
+
+    threads = torch.get_num_threads()
+    args = copy.deepcopy(yaml.safe_load(LOCAL_CONFIG.read_text())["applications"][0]["args"])
+    args["text_encoder"]["checkpoint"] = checkpoint
+    args["text_encoder"]["torch_threads"] = threads
+    for route in args["routes"].values():
+        route["checkpoint"] = checkpoint
+        route["denoiser"]["torch_threads"] = route["decoder"]["torch_threads"] = threads
+        for key, value in route_overrides.items():
+            route[key] = _merge(route.get(key, {}), value)
+    return args
+
+
+def _merge(base: dict, extra: dict) -> dict:
+    merged = dict(base)
+    for key, value in extra.items():
+        merged[key] = _merge(base.get(key, {}), value) if isinstance(value, dict) else value
+    return merged
+
+
+def decode_images(response_json: dict) -> np.ndarray:
+    images = [
+        np.asarray(Image.open(io.BytesIO(base64.b64decode(item["b64_json"]))).convert("RGB"))
+        for item in response_json["data"]
+    ]
+    return np.stack(images)
