@@ -57,6 +57,7 @@ class Route:
     tiling: TilingSettings
     device: str | None = None
     description: str = ""
+    max_images: int | None = None  # per-request n limit on this route; default: gateway.limits.max_images
 
 
 @dataclass(frozen=True)
@@ -93,6 +94,10 @@ class AppConfig:
     routes: dict[str, Route]
     default_route: str
     gateway: GatewayConfig
+
+    def max_images(self, route: str) -> int:
+        limit = self.routes[route].max_images
+        return self.gateway.limits.max_images if limit is None else limit
 
     def with_default_checkpoint(self, checkpoint: str) -> "AppConfig":
         """The same config with the default route (and the shared text encoder) on `checkpoint`."""
@@ -163,7 +168,9 @@ def _checkpoint(raw: Any, where: str) -> str:
 def _route(name: str, raw: Any) -> Route:
     where = f"routes.{name}"
     values = _section(raw, where)
-    unknown = sorted(set(values) - {"checkpoint", "denoiser", "decoder", "tiling", "device", "description"})
+    unknown = sorted(
+        set(values) - {"checkpoint", "denoiser", "decoder", "tiling", "device", "description", "max_images"}
+    )
     if unknown:
         raise ConfigError(f"{where}: unknown key(s) {', '.join(unknown)}")
     return Route(
@@ -174,6 +181,7 @@ def _route(name: str, raw: Any) -> Route:
         tiling=_typed(TilingSettings, values.get("tiling"), f"{where}.tiling"),
         device=values.get("device"),
         description=str(values.get("description", "")),
+        max_images=values.get("max_images"),
     )
 
 
@@ -210,7 +218,18 @@ def parse_app_config(args: dict[str, Any]) -> AppConfig:
         stage_retries=int(gw.get("stage_retries", 1)),
         image_encode_threads=int(gw.get("image_encode_threads", 4)),
     )
-    return AppConfig(text_encoder=text_encoder, routes=routes, default_route=default_route, gateway=gateway)
+    config = AppConfig(text_encoder=text_encoder, routes=routes, default_route=default_route, gateway=gateway)
+    for route in routes.values():
+        n = config.max_images(route.name)
+        if not isinstance(n, int) or isinstance(n, bool) or n < 1:
+            raise ConfigError(f"routes.{route.name}.max_images must be a positive integer")
+        if route.denoiser.batching.max_batch_size < n:
+            # Denoiser batches count images: one request of n images must fit in one batch.
+            raise ConfigError(
+                f"routes.{route.name}.denoiser.batching.max_batch_size ({route.denoiser.batching.max_batch_size})"
+                f" is below the {n} images one request may ask for"
+            )
+    return config
 
 
 def load_serve_config(path: str | os.PathLike[str]) -> dict[str, Any]:

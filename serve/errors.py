@@ -102,12 +102,14 @@ def is_replica_failure(exc: BaseException) -> bool:
     from ray.exceptions import ActorDiedError, ActorUnavailableError, RayActorError, WorkerCrashedError
     from ray.serve.exceptions import ReplicaUnavailableError
 
-    seen = exc
-    for _ in range(5):  # follow RayTaskError causes (a downstream stage sees the upstream death)
+    seen: BaseException | None = exc
+    for _ in range(5):
         if isinstance(seen, (RayActorError, ActorDiedError, ActorUnavailableError, WorkerCrashedError,
                              ReplicaUnavailableError)):
             return True
-        seen = _ray_cause(seen)
         if seen is None:
             return False
+        # A downstream stage sees the upstream death as a RayTaskError cause, or as Serve's
+        # "upstream actor died" RayServeException whose __cause__ is the ActorDiedError.
+        seen = _ray_cause(seen) or seen.__cause__
     return False

@@ -101,8 +101,6 @@ def check_limits(body: ImageGenerationRequest, limits: Limits) -> None:
     for name, text in (("prompt", body.prompt), ("negative_prompt", body.negative_prompt)):
         if len(text) > limits.max_prompt_chars:
             raise BadRequest(f"{name} is longer than {limits.max_prompt_chars} characters", name)
-    if not 1 <= body.n <= limits.max_images:
-        raise BadRequest(f"n must be in [1, {limits.max_images}]", "n")
     if body.num_inference_steps is not None and not 1 <= body.num_inference_steps <= limits.max_steps:
         raise BadRequest(f"num_inference_steps must be in [1, {limits.max_steps}]", "num_inference_steps")
     if body.guidance_scale is not None and not (
@@ -142,6 +140,7 @@ class Gateway:
         self.text_encoder = text_encoder
         self.routes = {name: RouteHandles(h["denoiser"], h["decoder"]) for name, h in routes.items()}
         self._route_info: dict[str, RouteInfo] = {}
+        self._stage_retries = 0
         self._encode_pool = ThreadPoolExecutor(config.gateway.image_encode_threads, thread_name_prefix="image-encode")
 
     # --- routes -------------------------------------------------------------------------------
@@ -162,6 +161,10 @@ class Gateway:
                 f"model {body.model!r} does not exist; GET /v1/models lists the routes", "model"
             )
         return body.model
+
+    def stage_retry_count(self) -> int:
+        """Stage calls retried after a replica died (for operators and tests; not an HTTP route)."""
+        return self._stage_retries
 
     # --- HTTP ---------------------------------------------------------------------------------
 
@@ -238,6 +241,9 @@ class Gateway:
     async def _generate(self, body: ImageGenerationRequest, request_id: str, started: float) -> ImageGenerationResponse:
         # 1. Route and size.
         route = self.pick_route(body)
+        max_images = self.config.max_images(route)
+        if not 1 <= body.n <= max_images:
+            raise BadRequest(f"n must be in [1, {max_images}] on route {route}", "n")
         info = await self.route_info(route)
         width, height = parse_size(body.size, info.resolution, self.limits)
         job = resolve_request(
@@ -308,4 +314,5 @@ class Gateway:
                 if retries_left <= 0 or not is_replica_failure(exc):
                     raise
                 retries_left -= 1
+                self._stage_retries += 1
                 logger.warning(json.dumps({"event": "stage_retry", "route": route, "error": repr(exc)[:300]}))

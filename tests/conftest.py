@@ -46,7 +46,7 @@ def ray_serve():
     from tests.serve_harness import free_port
 
     port = free_port()
-    ray.init(num_cpus=8, include_dashboard=False, configure_logging=False, log_to_driver=False)
+    ray.init(num_cpus=8, include_dashboard=False, configure_logging=False, log_to_driver=os.environ.get("SANA_TEST_RAY_LOGS") == "1")
     serve.start(http_options={"host": "127.0.0.1", "port": port})
     yield f"http://127.0.0.1:{port}"
     serve.shutdown()
