@@ -113,10 +113,34 @@ def _prepare_dir(out: Path) -> None:
         raise MaterializeError(f"cannot write to {out}: not a writable directory")
 
 
+# Classifier checkpoints `materialize` can write besides the Sana pipelines of the registry.
+SAFETY_CLASSIFIERS = {"tiny-shieldgemma": "text-encoder-gemma-2-tiny"}
+
+
+def materialize_safety_classifier(arch: str, out: Path, seed: int) -> Path:
+    """A ShieldGemma-shaped Gemma-2 causal LM with the byte-level tokenizer plus "Yes"/"No" tokens."""
+    from transformers import Gemma2Config, Gemma2ForCausalLM, GemmaTokenizer
+
+    from models.registry import architecture_config
+
+    vocab = byte_level_vocab()
+    vocab.update({"Yes": len(vocab), "No": len(vocab) + 1})
+    config = Gemma2Config(**{**architecture_config(SAFETY_CLASSIFIERS[arch]), "architectures": ["Gemma2ForCausalLM"]})
+    config.vocab_size = max(config.vocab_size, len(vocab))
+    torch.manual_seed(seed * 10 + 4)
+    Gemma2ForCausalLM(config).save_pretrained(out)
+    GemmaTokenizer(vocab=vocab, merges=[], add_bos_token=True, add_eos_token=False).save_pretrained(out)
+    (out / "sana_serve.json").write_text(json.dumps({"arch": arch, "seed": seed}, indent=2) + "\n")
+    return out
+
+
 def materialize(arch: str, out_dir: str | os.PathLike[str], seed: int = 0) -> Path:
-    """Write checkpoint `arch` (a registry name) into `out_dir`. Same seed, same weight bytes."""
-    variant = get_variant(arch)
+    """Write checkpoint `arch` (a registry name or a classifier) into `out_dir`. Same seed, same bytes."""
     out = Path(out_dir)
+    if arch in SAFETY_CLASSIFIERS:
+        _prepare_dir(out)
+        return materialize_safety_classifier(arch, out, seed)
+    variant = get_variant(arch)
     _prepare_dir(out)
     # Each component gets its own seed so that the weights of one never depend on another's size.
     _write_tokenizer(out)

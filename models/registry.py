@@ -26,7 +26,7 @@ _FLOW_SHIFT = {512: 3.0, 1024: 3.0, 2048: 3.0, 4096: 6.0}
 
 
 @cache
-def _architecture(name: str) -> dict[str, Any]:
+def architecture_config(name: str) -> dict[str, Any]:
     return json.loads((ARCHITECTURES_DIR / f"{name}.json").read_text())
 
 
@@ -51,7 +51,7 @@ class Variant:
         return self.resolution // 32
 
     def transformer_config(self) -> dict[str, Any]:
-        config = dict(_architecture(self.transformer_arch))
+        config = dict(architecture_config(self.transformer_arch))
         config["sample_size"] = self.sample_size
         scale = _INTERPOLATION_SCALE[self.resolution]
         if scale is not None:
@@ -59,13 +59,13 @@ class Variant:
         return config
 
     def vae_config(self) -> dict[str, Any]:
-        return dict(_architecture(self.vae_arch))
+        return dict(architecture_config(self.vae_arch))
 
     def text_encoder_config(self) -> dict[str, Any]:
-        return dict(_architecture(self.text_encoder_arch))
+        return dict(architecture_config(self.text_encoder_arch))
 
     def scheduler_config(self) -> dict[str, Any]:
-        config = dict(_architecture("scheduler-flow-dpm-solver"))
+        config = dict(architecture_config("scheduler-flow-dpm-solver"))
         config["flow_shift"] = _FLOW_SHIFT[self.resolution]
         return config
 
@@ -115,7 +115,7 @@ def get_variant(name: str) -> Variant:
         return VARIANTS[name]
     except KeyError:
         known = ", ".join(sorted(VARIANTS))
-        raise UnknownVariantError(f"unknown architecture {name!r}; known: {known}") from None
+        raise UnknownVariantError(f"unknown architecture {name!r}; known: {known}, tiny-shieldgemma") from None
 
 
 def variant_for_repo(repo_id: str) -> Variant | None:

@@ -13,7 +13,7 @@ from ray.serve import Application
 
 from serve.config import AppConfig, parse_app_config
 from serve.gateway import Gateway
-from serve.stages import Decoder, Denoiser, TextEncoder
+from serve.stages import Decoder, Denoiser, SafetyClassifier, TextEncoder
 
 
 def stage_deployment_name(kind: str, route: str) -> str:
@@ -34,7 +34,12 @@ def build_from_config(config: AppConfig) -> Application:
             name=stage_deployment_name("Decoder", route.name), **route.decoder.deployment
         ).bind(route.checkpoint, route.decoder, route.tiling, route.device)
         routes[route.name] = {"denoiser": denoiser, "decoder": decoder}
-    return Gateway.options(**config.gateway.deployment).bind(config, text_encoder, routes)
+    classifier_config = config.safety.classifier
+    classifier = (
+        SafetyClassifier.options(**classifier_config.stage.deployment).bind(classifier_config)
+        if classifier_config.enabled else None
+    )
+    return Gateway.options(**config.gateway.deployment).bind(config, text_encoder, routes, classifier)
 
 
 def build_app(args: dict[str, Any]) -> Application:

@@ -81,6 +81,43 @@ class GatewayConfig:
 
 
 @dataclass(frozen=True)
+class WordFilterConfig:
+    enabled: bool = True
+    use_default_list: bool = True  # the list shipped in serve/blocklists/default.txt
+    extra_words: tuple[str, ...] = ()
+    extra_files: tuple[str, ...] = ()
+
+
+@dataclass(frozen=True)
+class ClassifierConfig:
+    """ShieldGemma: a prompt scoring above `threshold` is replaced by `replacement`."""
+
+    enabled: bool = False
+    checkpoint: str = "google/shieldgemma-2b"
+    threshold: float = 0.2
+    replacement: str = "A red heart."
+    device: str | None = None
+    stage: StageConfig = StageConfig()
+
+
+@dataclass(frozen=True)
+class SafetyConfig:
+    word_filter: WordFilterConfig = WordFilterConfig()
+    classifier: ClassifierConfig = ClassifierConfig()
+
+
+@dataclass(frozen=True)
+class AuthConfig:
+    """Optional API keys. Keys are given only as SHA-256 hex digests, in config or an env variable."""
+
+    enabled: bool = False
+    key_hashes: tuple[str, ...] = ()
+    key_hashes_env: str = "SANA_SERVE_API_KEY_HASHES"  # comma-separated digests, read at replica start
+    requests_per_minute: float = 0.0  # per key and gateway replica; 0 = unlimited
+    burst: int = 10
+
+
+@dataclass(frozen=True)
 class TextEncoderConfig:
     checkpoint: str
     stage: StageConfig
@@ -94,6 +131,8 @@ class AppConfig:
     routes: dict[str, Route]
     default_route: str
     gateway: GatewayConfig
+    safety: SafetyConfig = SafetyConfig()
+    auth: AuthConfig = AuthConfig()
 
     def max_images(self, route: str) -> int:
         limit = self.routes[route].max_images
@@ -188,7 +227,7 @@ def _route(name: str, raw: Any) -> Route:
 def parse_app_config(args: dict[str, Any]) -> AppConfig:
     """Parse the application's `args` mapping."""
     args = _section(args, "args")
-    unknown = sorted(set(args) - {"text_encoder", "routes", "default_route", "gateway"})
+    unknown = sorted(set(args) - {"text_encoder", "routes", "default_route", "gateway", "safety", "auth"})
     if unknown:
         raise ConfigError(f"args: unknown key(s) {', '.join(unknown)}")
     routes_raw = _section(args.get("routes"), "routes")
@@ -218,7 +257,14 @@ def parse_app_config(args: dict[str, Any]) -> AppConfig:
         stage_retries=int(gw.get("stage_retries", 1)),
         image_encode_threads=int(gw.get("image_encode_threads", 4)),
     )
-    config = AppConfig(text_encoder=text_encoder, routes=routes, default_route=default_route, gateway=gateway)
+    config = AppConfig(
+        text_encoder=text_encoder,
+        routes=routes,
+        default_route=default_route,
+        gateway=gateway,
+        safety=_safety(args.get("safety")),
+        auth=_auth(args.get("auth")),
+    )
     for route in routes.values():
         n = config.max_images(route.name)
         if not isinstance(n, int) or isinstance(n, bool) or n < 1:
@@ -230,6 +276,82 @@ def parse_app_config(args: dict[str, Any]) -> AppConfig:
                 f" is below the {n} images one request may ask for"
             )
     return config
+
+
+def _strings(raw: Any, where: str) -> tuple[str, ...]:
+    if raw is None:
+        return ()
+    if not isinstance(raw, list) or not all(isinstance(item, str) for item in raw):
+        raise ConfigError(f"{where} must be a list of strings")
+    return tuple(raw)
+
+
+def _flag(raw: Any, default: bool, where: str) -> bool:
+    if raw is None:
+        return default
+    if not isinstance(raw, bool):
+        raise ConfigError(f"{where} must be true or false")
+    return raw
+
+
+def _number(raw: Any, default: float, where: str, low: float = 0.0, high: float = float("inf")) -> float:
+    if raw is None:
+        return default
+    if isinstance(raw, bool) or not isinstance(raw, (int, float)) or not low <= raw <= high:
+        raise ConfigError(f"{where} must be a number in [{low}, {high}]")
+    return float(raw)
+
+
+def _safety(raw: Any) -> SafetyConfig:
+    values = _section(raw, "safety")
+    _only(values, {"word_filter", "classifier"}, "safety")
+    words = _section(values.get("word_filter"), "safety.word_filter")
+    _only(words, {"enabled", "use_default_list", "extra_words", "extra_files"}, "safety.word_filter")
+    word_filter = WordFilterConfig(
+        enabled=_flag(words.get("enabled"), True, "safety.word_filter.enabled"),
+        use_default_list=_flag(words.get("use_default_list"), True, "safety.word_filter.use_default_list"),
+        extra_words=_strings(words.get("extra_words"), "safety.word_filter.extra_words"),
+        extra_files=_strings(words.get("extra_files"), "safety.word_filter.extra_files"),
+    )
+    cls = _section(values.get("classifier"), "safety.classifier")
+    _only(cls, _STAGE_KEYS | {"enabled", "checkpoint", "threshold", "replacement", "device"}, "safety.classifier")
+    defaults = ClassifierConfig()
+    classifier = ClassifierConfig(
+        enabled=_flag(cls.get("enabled"), False, "safety.classifier.enabled"),
+        checkpoint=_checkpoint(cls.get("checkpoint", defaults.checkpoint), "safety.classifier"),
+        threshold=_number(cls.get("threshold"), defaults.threshold, "safety.classifier.threshold", 0.0, 1.0),
+        replacement=str(cls.get("replacement", defaults.replacement)),
+        device=cls.get("device"),
+        stage=_stage({k: cls[k] for k in _STAGE_KEYS if k in cls}, "safety.classifier"),
+    )
+    return SafetyConfig(word_filter=word_filter, classifier=classifier)
+
+
+def _auth(raw: Any) -> AuthConfig:
+    values = _section(raw, "auth")
+    _only(values, {"enabled", "key_hashes", "key_hashes_env", "requests_per_minute", "burst"}, "auth")
+    hashes = _strings(values.get("key_hashes"), "auth.key_hashes")
+    for digest in hashes:
+        if not _is_sha256(digest):
+            raise ConfigError("auth.key_hashes must hold SHA-256 hex digests (64 hex characters), not keys")
+    burst = _number(values.get("burst"), 10, "auth.burst", 1)
+    return AuthConfig(
+        enabled=_flag(values.get("enabled"), False, "auth.enabled"),
+        key_hashes=tuple(h.lower() for h in hashes),
+        key_hashes_env=str(values.get("key_hashes_env", AuthConfig.key_hashes_env)),
+        requests_per_minute=_number(values.get("requests_per_minute"), 0.0, "auth.requests_per_minute"),
+        burst=int(burst),
+    )
+
+
+def _is_sha256(text: str) -> bool:
+    return len(text) == 64 and all(c in "0123456789abcdefABCDEF" for c in text)
+
+
+def _only(values: dict[str, Any], allowed: set[str], where: str) -> None:
+    unknown = sorted(set(values) - allowed)
+    if unknown:
+        raise ConfigError(f"{where}: unknown key(s) {', '.join(unknown)}")
 
 
 def load_serve_config(path: str | os.PathLike[str]) -> dict[str, Any]:

@@ -33,6 +33,16 @@ class BadRequest(ApiError):
     type = "invalid_request_error"
 
 
+class Unauthorized(ApiError):
+    status = 401
+    type = "authentication_error"
+
+
+class RateLimited(ApiError):
+    status = 429
+    type = "rate_limit_error"
+
+
 class ModelNotFound(ApiError):
     status = 404
     type = "invalid_request_error"
@@ -65,6 +75,8 @@ def error_response(error: ApiError, request_id: str | None = None) -> JSONRespon
         headers["Retry-After"] = str(max(1, round(error.retry_after_s)))
     if request_id:
         headers["X-Request-Id"] = request_id
+    if isinstance(error, Unauthorized):
+        headers["WWW-Authenticate"] = "Bearer"
     return JSONResponse(body, status_code=error.status, headers=headers)
 
 

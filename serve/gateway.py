@@ -19,13 +19,17 @@ from dataclasses import dataclass
 
 from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse
+from starlette.exceptions import HTTPException as StarletteHTTPException
 from pydantic import ValidationError
 from ray import serve
 from ray.serve.handle import DeploymentHandle
 
 from models.binning import bin_size
 from models.pipeline import MAX_SEED, GenerationRequest, ResolvedRequest, resolve_request, Defaults
+from serve.auth import Authenticator
 from serve.config import AppConfig, Limits
+from serve.metrics import safety_replacements
+from serve.word_filter import WordFilter
 from serve.errors import (
     ApiError,
     BadRequest,
@@ -57,13 +61,30 @@ app = FastAPI(
 )
 
 _SIZE = re.compile(r"^(\d{1,5})x(\d{1,5})$")
-_ERRORS = {status: {"model": ErrorResponse} for status in (400, 404, 413, 415, 503)}
+_ERRORS = {status: {"model": ErrorResponse} for status in (400, 401, 404, 413, 415, 429, 503)}
 _REQUEST_BODY = {
     "requestBody": {
         "required": True,
         "content": {"application/json": {"schema": ImageGenerationRequest.model_json_schema()}},
     }
 }
+
+
+@app.exception_handler(StarletteHTTPException)
+async def _http_error(request: Request, exc: StarletteHTTPException) -> JSONResponse:
+    # Unknown paths (404) and wrong methods (405) in the same JSON shape as every other error.
+    error = ApiError(str(exc.detail))
+    error.status, error.type = exc.status_code, "invalid_request_error"
+    response = error_response(error, request.headers.get("x-request-id"))
+    for name, value in (exc.headers or {}).items():
+        response.headers[name] = value
+    return response
+
+
+@app.exception_handler(Exception)
+async def _unexpected_error(request: Request, exc: Exception) -> JSONResponse:
+    logger.error(json.dumps({"event": "unhandled_error", "path": request.url.path, "error": repr(exc)[:500]}))
+    return error_response(to_api_error(exc), request.headers.get("x-request-id"))
 
 
 @dataclass(frozen=True)
@@ -133,11 +154,23 @@ def server_timing(timings: Timings) -> str:
 @serve.ingress(app)
 class Gateway:
     def __init__(
-        self, config: AppConfig, text_encoder: DeploymentHandle, routes: dict[str, dict[str, DeploymentHandle]]
+        self,
+        config: AppConfig,
+        text_encoder: DeploymentHandle,
+        routes: dict[str, dict[str, DeploymentHandle]],
+        classifier: DeploymentHandle | None = None,
     ) -> None:
         self.config = config
         self.limits = config.gateway.limits
         self.text_encoder = text_encoder
+        self.classifier = classifier
+        self.auth = Authenticator(config.auth)
+        words = config.safety.word_filter
+        self.word_filter = (
+            WordFilter.from_lists(words.use_default_list, words.extra_words, list(words.extra_files))
+            if words.enabled else None
+        )
+        self._safety_counts = {"word_filter": 0, "classifier": 0}
         self.routes = {name: RouteHandles(h["denoiser"], h["decoder"]) for name, h in routes.items()}
         self._route_info: dict[str, RouteInfo] = {}
         self._stage_retries = 0
@@ -162,6 +195,14 @@ class Gateway:
             )
         return body.model
 
+    def safety_counts(self) -> dict[str, int]:
+        """Prompts changed per safety layer since this replica started (also a Prometheus counter)."""
+        return dict(self._safety_counts)
+
+    def _count_replacement(self, layer: str) -> None:
+        self._safety_counts[layer] += 1
+        safety_replacements().inc(tags={"layer": layer})
+
     def stage_retry_count(self) -> int:
         """Stage calls retried after a replica died (for operators and tests; not an HTTP route)."""
         return self._stage_retries
@@ -172,8 +213,12 @@ class Gateway:
     async def healthz(self) -> dict:
         return {"status": "ok", "routes": list(self.routes)}
 
-    @app.get("/v1/models", response_model=ModelList)
-    async def models(self) -> ModelList:
+    @app.get("/v1/models", response_model=ModelList, responses={401: {"model": ErrorResponse}})
+    async def models(self, request: Request):
+        try:
+            self.auth.check(request.headers.get("authorization"))
+        except ApiError as error:
+            return error_response(error)
         cards = []
         for name in self.routes:
             info = await self.route_info(name)
@@ -198,6 +243,7 @@ class Gateway:
         request_id = request.headers.get("x-request-id") or uuid.uuid4().hex
         started = time.perf_counter()
         try:
+            self.auth.check(request.headers.get("authorization"))
             body = await self._parse(request)
             response = await self._generate(body, request_id, started)
         except Exception as exc:  # noqa: BLE001 - every failure becomes a typed JSON error
@@ -227,6 +273,8 @@ class Gateway:
             raise BadRequest("request body is not valid UTF-8") from None
         try:
             data = json.loads(text, parse_constant=_reject_constant)
+        except RecursionError:
+            raise BadRequest("request body is nested too deeply") from None
         except ValueError as exc:
             raise BadRequest(f"request body is not valid JSON: {exc}") from None
         if not isinstance(data, dict):
@@ -246,10 +294,11 @@ class Gateway:
             raise BadRequest(f"n must be in [1, {max_images}] on route {route}", "n")
         info = await self.route_info(route)
         width, height = parse_size(body.size, info.resolution, self.limits)
+        prompt, negative = await self._filter_words(body.prompt, body.negative_prompt)
         job = resolve_request(
             GenerationRequest(
-                prompt=body.prompt,
-                negative_prompt=body.negative_prompt,
+                prompt=prompt,
+                negative_prompt=negative,
                 width=width,
                 height=height,
                 num_images=body.n,
@@ -260,8 +309,8 @@ class Gateway:
             info.resolution,
             info.defaults,
         )
-        # 2. Stages: encode → denoise → decode, retried once if a replica dies mid-call.
-        pixels = await self._run_stages(route, job, bin_size(width, height, info.resolution))
+        # 2. Stages: (screen ∥ encode) → denoise → decode, retried once if a replica dies mid-call.
+        pixels, used_prompt = await self._run_stages(route, job, bin_size(width, height, info.resolution))
         # 3. Encode images off the event loop.
         encode_started = time.perf_counter()
         loop = asyncio.get_running_loop()
@@ -282,7 +331,7 @@ class Gateway:
                                 "timings_ms": timings.model_dump()}))
         return ImageGenerationResponse(
             created=int(time.time()),
-            data=[ImageData(b64_json=b64, revised_prompt=job.prompt) for b64 in images],
+            data=[ImageData(b64_json=b64, revised_prompt=used_prompt) for b64 in images],
             model=route,
             size=f"{width}x{height}",
             seed=job.seed,
@@ -292,7 +341,33 @@ class Gateway:
             nodes={name: timing.node for name, timing in pixels.timings.items()},
         )
 
-    async def _run_stages(self, route: str, job: ResolvedRequest, bin_wh: tuple[int, int]) -> Pixels:
+    async def _filter_words(self, prompt: str, negative: str) -> tuple[str, str]:
+        """Blocklisted words → ❤️ in both prompts (in a thread: long prompts take a while)."""
+        if self.word_filter is None:
+            return prompt, negative
+        (prompt, hits), (negative, negative_hits) = await asyncio.to_thread(
+            lambda: (self.word_filter.apply(prompt), self.word_filter.apply(negative))
+        )
+        if hits or negative_hits:
+            self._count_replacement("word_filter")
+        return prompt, negative
+
+    async def _screen(self, prompt: str):
+        """(prompt to generate, its encoding). The classifier runs in parallel with the encoding of
+        the prompt, so a safe prompt costs no classifier latency in series; a flagged one is
+        replaced and re-encoded."""
+        encoded = self.text_encoder.encode.remote(prompt, True)
+        if self.classifier is None:
+            return prompt, encoded
+        settings = self.config.safety.classifier
+        score = await self.classifier.score.remote(prompt)
+        if score <= settings.threshold:
+            return prompt, encoded
+        self._count_replacement("classifier")
+        encoded.cancel()
+        return settings.replacement, self.text_encoder.encode.remote(settings.replacement, True)
+
+    async def _run_stages(self, route: str, job: ResolvedRequest, bin_wh: tuple[int, int]) -> tuple[Pixels, str]:
         handles = self.routes[route]
         spec = DenoiseSpec(
             seed=job.seed,
@@ -302,17 +377,18 @@ class Gateway:
             steps=job.steps,
             guidance_scale=job.guidance_scale,
         )
+        prompt_text, prompt = await self._screen(job.prompt)
         retries_left = self.config.gateway.stage_retries
         while True:
             try:
                 # Not awaited in between: each DeploymentResponse goes straight into the next call.
-                prompt = self.text_encoder.encode.remote(job.prompt, True)
                 negative = self.text_encoder.encode.remote(job.negative_prompt, False) if job.uses_guidance else None
                 latents = handles.denoiser.denoise.remote(spec, prompt, negative)
-                return await handles.decoder.decode.remote(latents, job.width, job.height)
+                return await handles.decoder.decode.remote(latents, job.width, job.height), prompt_text
             except Exception as exc:  # noqa: BLE001
                 if retries_left <= 0 or not is_replica_failure(exc):
                     raise
                 retries_left -= 1
                 self._stage_retries += 1
+                prompt = self.text_encoder.encode.remote(prompt_text, True)
                 logger.warning(json.dumps({"event": "stage_retry", "route": route, "error": repr(exc)[:300]}))

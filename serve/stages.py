@@ -21,10 +21,11 @@ from models.decoder import TilingConfig
 from models.denoiser import DenoiseJob
 from models.denoiser import Denoiser as DenoiserStage
 from models.pipeline import Defaults
+from models.safety_classifier import SafetyClassifier as SafetyClassifierStage
 from models.text_encoder import PromptEmbedding
 from models.text_encoder import TextEncoder as TextEncoderStage
 from serve.checkpoints import resolve_checkpoint
-from serve.config import Batching, StageConfig, TilingSettings
+from serve.config import Batching, ClassifierConfig, StageConfig, TilingSettings
 from serve.payloads import DenoiseSpec, EncodedPrompt, Latents, Pixels, StageTiming
 
 logger = logging.getLogger("sana_serve.stages")
@@ -194,3 +195,20 @@ class Decoder:
         images = await asyncio.to_thread(self.stage.decode, latents.latents, width, height)
         timing = StageTiming(0.0, _ms(time.perf_counter() - started), 1, NODE)
         return Pixels(images=images, timings={**latents.timings, "decode": timing})
+
+
+@serve.deployment(name="SafetyClassifier", ray_actor_options={"num_cpus": 0}, max_ongoing_requests=64)
+class SafetyClassifier:
+    """ShieldGemma: P(prompt violates the policy), batched over concurrent requests."""
+
+    def __init__(self, config: ClassifierConfig) -> None:
+        _set_threads(config.stage)
+        self.stage = SafetyClassifierStage.from_pretrained(resolve_checkpoint(config.checkpoint), device=config.device)
+        _configure_batching(self.score_batch, config.stage.batching)
+
+    async def score(self, prompt: str) -> float:
+        return await self.score_batch(prompt)
+
+    @serve.batch(max_batch_size=8, batch_wait_timeout_s=0.005)
+    async def score_batch(self, prompts: list[str]) -> list[float]:
+        return await asyncio.to_thread(self.stage.scores, prompts)
