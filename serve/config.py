@@ -78,6 +78,9 @@ class GatewayConfig:
     limits: Limits = Limits()
     stage_retries: int = 1  # extra attempts when a stage replica died mid-call
     image_encode_threads: int = 4
+    # Generations in flight per gateway replica before new ones get 503 + Retry-After (0: no cap).
+    # Stage queues (max_queued_requests) shed load too; this cap answers before any stage work.
+    max_inflight: int = 0
 
 
 @dataclass(frozen=True)
@@ -248,14 +251,13 @@ def parse_app_config(args: dict[str, Any]) -> AppConfig:
         device=enc.get("device"),
     )
     gw = _section(args.get("gateway"), "gateway")
-    unknown = sorted(set(gw) - {"deployment", "limits", "stage_retries", "image_encode_threads"})
-    if unknown:
-        raise ConfigError(f"gateway: unknown key(s) {', '.join(unknown)}")
+    _only(gw, {"deployment", "limits", "stage_retries", "image_encode_threads", "max_inflight"}, "gateway")
     gateway = GatewayConfig(
         deployment=dict(_section(gw.get("deployment"), "gateway.deployment")),
         limits=_typed(Limits, gw.get("limits"), "gateway.limits"),
-        stage_retries=int(gw.get("stage_retries", 1)),
-        image_encode_threads=int(gw.get("image_encode_threads", 4)),
+        stage_retries=int(_number(gw.get("stage_retries"), 1, "gateway.stage_retries", 0, 5)),
+        image_encode_threads=int(_number(gw.get("image_encode_threads"), 4, "gateway.image_encode_threads", 1)),
+        max_inflight=int(_number(gw.get("max_inflight"), 0, "gateway.max_inflight")),
     )
     config = AppConfig(
         text_encoder=text_encoder,

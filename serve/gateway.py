@@ -34,6 +34,7 @@ from serve.errors import (
     ApiError,
     BadRequest,
     ModelNotFound,
+    Overloaded,
     PayloadTooLarge,
     UnsupportedMediaType,
     error_response,
@@ -134,7 +135,8 @@ def check_limits(body: ImageGenerationRequest, limits: Limits) -> None:
 
 def _validation_error(exc: ValidationError) -> BadRequest:
     first = exc.errors()[0]
-    field = ".".join(str(part) for part in first.get("loc", ())) or None
+    loc = first.get("loc", ())
+    field = str(loc[0]) if loc else None  # the request's own field; deeper parts are type internals
     message = first.get("msg", "invalid value")
     if first.get("type") == "extra_forbidden":
         message = "unknown field"
@@ -174,6 +176,8 @@ class Gateway:
         self.routes = {name: RouteHandles(h["denoiser"], h["decoder"]) for name, h in routes.items()}
         self._route_info: dict[str, RouteInfo] = {}
         self._stage_retries = 0
+        self._inflight = 0
+        self._typical_s = 1.0  # moving average of request time: the Retry-After we suggest
         self._encode_pool = ThreadPoolExecutor(config.gateway.image_encode_threads, thread_name_prefix="image-encode")
 
     # --- routes -------------------------------------------------------------------------------
@@ -242,20 +246,33 @@ class Gateway:
     async def generations(self, request: Request):
         request_id = request.headers.get("x-request-id") or uuid.uuid4().hex
         started = time.perf_counter()
+        admitted = False
         try:
             self.auth.check(request.headers.get("authorization"))
             body = await self._parse(request)
+            self._admit()
+            admitted = True
             response = await self._generate(body, request_id, started)
+            self._typical_s = 0.8 * self._typical_s + 0.2 * (time.perf_counter() - started)
         except Exception as exc:  # noqa: BLE001 - every failure becomes a typed JSON error
             error = to_api_error(exc)
             log = logger.warning if error.status < 500 else logger.error
             log(json.dumps({"event": "request_failed", "request_id": request_id, "status": error.status,
                             "type": error.type, "param": error.param, "error": repr(exc)[:500]}))
             return error_response(error, request_id)
+        finally:
+            if admitted:
+                self._inflight -= 1
         return JSONResponse(
             response.model_dump(),
             headers={"Server-Timing": server_timing(response.timings_ms), "X-Request-Id": request_id},
         )
+
+    def _admit(self) -> None:
+        cap = self.config.gateway.max_inflight
+        if cap and self._inflight >= cap:
+            raise Overloaded("the server is busy; retry later", retry_after_s=max(1.0, self._typical_s))
+        self._inflight += 1
 
     async def _parse(self, request: Request) -> ImageGenerationRequest:
         content_type = request.headers.get("content-type", "").split(";")[0].strip().lower()

@@ -23,7 +23,7 @@ class ImageGenerationRequest(BaseModel):
     negative_prompt: StrictStr = Field("", description="What not to draw (used when guidance_scale > 1).")
     seed: StrictInt | None = Field(None, description="Random seed; chosen by the server and returned when absent.")
     num_inference_steps: StrictInt | None = Field(None, description="Solver steps; default 20.")
-    guidance_scale: StrictFloat | StrictInt | None = Field(
+    guidance_scale: StrictFloat | None = Field(
         None, description="Classifier-free guidance; default 4.5; <= 1 turns it off."
     )
     user: StrictStr | None = Field(None, description="OpenAI's end-user id; logged, otherwise unused.")
