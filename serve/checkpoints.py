@@ -43,3 +43,28 @@ def resolve_checkpoint(spec: str) -> str:
             shutil.rmtree(target, ignore_errors=True)
             staging.rename(target)
     return str(target)
+
+
+def checkpoint_resolution(spec: str) -> int | None:
+    """The resolution class of a configured checkpoint, known without loading it when possible:
+    from the registry (materialized:ARCH or a known repo id) or a local folder's transformer config.
+    None when only the Denoiser can tell (an unknown repo, or a folder on another node)."""
+    import json
+
+    from models.binning import resolution_for_sample_size
+    from models.errors import UnknownVariantError
+    from models.registry import get_variant, variant_for_repo
+
+    if is_materialized(spec):
+        try:
+            return get_variant(spec.removeprefix(MATERIALIZED_PREFIX)).resolution
+        except UnknownVariantError:
+            return None
+    variant = variant_for_repo(spec)
+    if variant is not None:
+        return variant.resolution
+    config = Path(spec) / "transformer" / "config.json"
+    try:
+        return resolution_for_sample_size(int(json.loads(config.read_text())["sample_size"]))
+    except (OSError, ValueError, KeyError, TypeError):
+        return None

@@ -58,6 +58,14 @@ class Route:
     device: str | None = None
     description: str = ""
     max_images: int | None = None  # per-request n limit on this route; default: gateway.limits.max_images
+    max_side: int | None = None  # largest side this route serves; default: gateway.limits.max_side
+    # Where its Denoiser and Decoder may run: custom resources and/or node labels, merged into both
+    # stages' ray_actor_options. A node advertises `large_memory: 1`; replicas ask for a sliver
+    # ({large_memory: 0.01}) so that one node can host both stages and several replicas.
+    placement: dict[str, Any] = field(default_factory=dict)
+    # How long a request may wait for this route to have capacity (a replica placed and a free slot)
+    # before it gets 503 + Retry-After. None: wait as long as the stage queues allow.
+    capacity_wait_s: float | None = None
 
 
 @dataclass(frozen=True)
@@ -81,6 +89,9 @@ class GatewayConfig:
     # Generations in flight per gateway replica before new ones get 503 + Retry-After (0: no cap).
     # Stage queues (max_queued_requests) shed load too; this cap answers before any stage work.
     max_inflight: int = 0
+    # Requests without `model` whose larger side is above `above` go to `route` (largest match
+    # wins); the rest go to the default route.
+    size_routes: tuple[tuple[int, str], ...] = ()
 
 
 @dataclass(frozen=True)
@@ -136,6 +147,23 @@ class AppConfig:
     gateway: GatewayConfig
     safety: SafetyConfig = SafetyConfig()
     auth: AuthConfig = AuthConfig()
+
+    def max_side(self, route: str) -> int:
+        limit = self.routes[route].max_side
+        return self.gateway.limits.max_side if limit is None else min(limit, self.gateway.limits.max_side)
+
+    def route_for_size(self, width: int, height: int) -> str:
+        """The route a request without `model` goes to."""
+        chosen = self.default_route
+        for above, route in self.gateway.size_routes:
+            if max(width, height) > above:
+                chosen = route
+        return chosen
+
+    def custom_resources(self) -> dict[str, float]:
+        """Custom resources a single node must advertise to host every route: each one named in
+        a placement, as the usual node marker (1 unit; replicas ask for slivers of it)."""
+        return {name: 1.0 for route in self.routes.values() for name in route.placement.get("resources", {})}
 
     def max_images(self, route: str) -> int:
         limit = self.routes[route].max_images
@@ -210,21 +238,54 @@ def _checkpoint(raw: Any, where: str) -> str:
 def _route(name: str, raw: Any) -> Route:
     where = f"routes.{name}"
     values = _section(raw, where)
-    unknown = sorted(
-        set(values) - {"checkpoint", "denoiser", "decoder", "tiling", "device", "description", "max_images"}
-    )
-    if unknown:
-        raise ConfigError(f"{where}: unknown key(s) {', '.join(unknown)}")
+    _only(values, {"checkpoint", "denoiser", "decoder", "tiling", "device", "description", "max_images", "max_side",
+                   "placement", "capacity_wait_s"}, where)
+    placement = _placement(values.get("placement"), f"{where}.placement")
+    max_side = values.get("max_side")
+    if max_side is not None and (isinstance(max_side, bool) or not isinstance(max_side, int) or max_side < 1):
+        raise ConfigError(f"{where}.max_side must be a positive integer")
+    wait = values.get("capacity_wait_s")
     return Route(
         name=name,
         checkpoint=_checkpoint(values.get("checkpoint"), where),
-        denoiser=_stage(values.get("denoiser"), f"{where}.denoiser"),
-        decoder=_stage(values.get("decoder"), f"{where}.decoder"),
+        denoiser=_placed(_stage(values.get("denoiser"), f"{where}.denoiser"), placement),
+        decoder=_placed(_stage(values.get("decoder"), f"{where}.decoder"), placement),
         tiling=_typed(TilingSettings, values.get("tiling"), f"{where}.tiling"),
         device=values.get("device"),
         description=str(values.get("description", "")),
         max_images=values.get("max_images"),
+        max_side=max_side,
+        placement=placement,
+        capacity_wait_s=None if wait is None else _number(wait, 0.0, f"{where}.capacity_wait_s"),
     )
+
+
+def _placement(raw: Any, where: str) -> dict[str, Any]:
+    values = _section(raw, where)
+    _only(values, {"resources", "label_selector"}, where)
+    for key in values:
+        section = _section(values[key], f"{where}.{key}")
+        if key == "resources" and not all(
+            isinstance(v, (int, float)) and not isinstance(v, bool) and v > 0 for v in section.values()
+        ):
+            raise ConfigError(f"{where}.resources: amounts must be positive numbers")
+        if key == "label_selector" and not all(isinstance(v, str) for v in section.values()):
+            raise ConfigError(f"{where}.label_selector: values must be strings")
+    return {key: dict(values[key]) for key in values}
+
+
+def _placed(stage: StageConfig, placement: dict[str, Any]) -> StageConfig:
+    """The stage with the route's placement merged into its ray_actor_options."""
+    if not placement:
+        return stage
+    deployment = dict(stage.deployment)
+    options = dict(deployment.get("ray_actor_options") or {})
+    if "resources" in placement:
+        options["resources"] = {**(options.get("resources") or {}), **placement["resources"]}
+    if "label_selector" in placement:
+        options["label_selector"] = {**(options.get("label_selector") or {}), **placement["label_selector"]}
+    deployment["ray_actor_options"] = options
+    return _replace(stage, deployment=deployment)
 
 
 def parse_app_config(args: dict[str, Any]) -> AppConfig:
@@ -251,13 +312,15 @@ def parse_app_config(args: dict[str, Any]) -> AppConfig:
         device=enc.get("device"),
     )
     gw = _section(args.get("gateway"), "gateway")
-    _only(gw, {"deployment", "limits", "stage_retries", "image_encode_threads", "max_inflight"}, "gateway")
+    _only(gw, {"deployment", "limits", "stage_retries", "image_encode_threads", "max_inflight", "size_routes"},
+          "gateway")
     gateway = GatewayConfig(
         deployment=dict(_section(gw.get("deployment"), "gateway.deployment")),
         limits=_typed(Limits, gw.get("limits"), "gateway.limits"),
         stage_retries=int(_number(gw.get("stage_retries"), 1, "gateway.stage_retries", 0, 5)),
         image_encode_threads=int(_number(gw.get("image_encode_threads"), 4, "gateway.image_encode_threads", 1)),
         max_inflight=int(_number(gw.get("max_inflight"), 0, "gateway.max_inflight")),
+        size_routes=_size_routes(gw.get("size_routes"), routes),
     )
     config = AppConfig(
         text_encoder=text_encoder,
@@ -302,6 +365,25 @@ def _number(raw: Any, default: float, where: str, low: float = 0.0, high: float 
     if isinstance(raw, bool) or not isinstance(raw, (int, float)) or not low <= raw <= high:
         raise ConfigError(f"{where} must be a number in [{low}, {high}]")
     return float(raw)
+
+
+def _size_routes(raw: Any, routes: dict[str, Route]) -> tuple[tuple[int, str], ...]:
+    if raw is None:
+        return ()
+    if not isinstance(raw, list):
+        raise ConfigError("gateway.size_routes must be a list of {above: PIXELS, route: NAME}")
+    rules = []
+    for index, rule in enumerate(raw):
+        where = f"gateway.size_routes[{index}]"
+        values = _section(rule, where)
+        _only(values, {"above", "route"}, where)
+        above = values.get("above")
+        if isinstance(above, bool) or not isinstance(above, int) or above < 1:
+            raise ConfigError(f"{where}.above must be a positive integer")
+        if values.get("route") not in routes:
+            raise ConfigError(f"{where}.route {values.get('route')!r} is not one of the routes")
+        rules.append((above, values["route"]))
+    return tuple(sorted(rules))
 
 
 def _safety(raw: Any) -> SafetyConfig:

@@ -27,6 +27,7 @@ from ray.serve.handle import DeploymentHandle
 from models.binning import bin_size
 from models.pipeline import MAX_SEED, GenerationRequest, ResolvedRequest, resolve_request, Defaults
 from serve.auth import Authenticator
+from serve.checkpoints import checkpoint_resolution
 from serve.config import AppConfig, Limits
 from serve.metrics import safety_replacements
 from serve.word_filter import WordFilter
@@ -101,9 +102,8 @@ class RouteHandles:
     decoder: DeploymentHandle
 
 
-def parse_size(size: str | None, resolution: int, limits: Limits) -> tuple[int, int]:
-    if size is None or size == "auto":
-        return resolution, resolution
+def parse_size(size: str, limits: Limits) -> tuple[int, int]:
+    """(width, height) of a "WIDTHxHEIGHT" string within the gateway's limits."""
     match = _SIZE.match(size)
     if not match:
         raise BadRequest(f'size must look like "1024x768" (WIDTHxHEIGHT), got {size!r}', "size")
@@ -185,19 +185,47 @@ class Gateway:
     async def route_info(self, name: str) -> RouteInfo:
         info = self._route_info.get(name)
         if info is None:
-            described = await self.routes[name].denoiser.describe.remote()
-            info = RouteInfo(name, described["resolution"], Defaults(described["steps"], described["guidance"]))
+            # Known from the config when possible, so listing routes never waits on a route
+            # that has no replica yet (a 4K route before its large-memory node joins).
+            resolution = checkpoint_resolution(self.config.routes[name].checkpoint)
+            if resolution is None:
+                described = await self.routes[name].denoiser.describe.remote()
+                resolution = described["resolution"]
+            info = RouteInfo(name, resolution, Defaults())
             self._route_info[name] = info
         return info
 
-    def pick_route(self, body: ImageGenerationRequest) -> str:
-        if body.model is None:
-            return self.config.default_route
-        if body.model not in self.routes:
-            raise ModelNotFound(
-                f"model {body.model!r} does not exist; GET /v1/models lists the routes", "model"
-            )
-        return body.model
+    async def pick_route(self, body: ImageGenerationRequest) -> tuple[str, int, int]:
+        """(route, width, height): the request's `model`, else the route its size calls for."""
+        if body.model is not None and body.model not in self.routes:
+            raise ModelNotFound(f"model {body.model!r} does not exist; GET /v1/models lists the routes", "model")
+        if body.size is None or body.size == "auto":
+            route = body.model or self.config.default_route
+            resolution = (await self.route_info(route)).resolution
+            return route, resolution, resolution
+        width, height = parse_size(body.size, self.limits)
+        route = body.model or self.config.route_for_size(width, height)
+        max_side = self.config.max_side(route)
+        if max(width, height) > max_side:
+            raise BadRequest(f"size {width}x{height} is larger than route {route} serves ({max_side} px a side)",
+                             "size")
+        return route, width, height
+
+    async def ensure_capacity(self, route: str) -> None:
+        """503 + Retry-After, not a hang, when the route cannot take work within its wait: no
+        replica placed (no large-memory node) or every replica busy. A quick call to each stage
+        stands in line like the request would."""
+        wait = self.config.routes[route].capacity_wait_s
+        if wait is None:
+            return
+        handles = self.routes[route]
+        probes = [handles.denoiser.describe.remote(), handles.decoder.describe.remote()]
+        try:
+            await asyncio.wait_for(asyncio.gather(*probes), timeout=wait)
+        except asyncio.TimeoutError:
+            for probe in probes:
+                probe.cancel()
+            raise Overloaded(f"route {route} has no free capacity right now", retry_after_s=max(wait, 1.0)) from None
 
     def safety_counts(self) -> dict[str, int]:
         """Prompts changed per safety layer since this replica started (also a Prometheus counter)."""
@@ -304,13 +332,13 @@ class Gateway:
         return body
 
     async def _generate(self, body: ImageGenerationRequest, request_id: str, started: float) -> ImageGenerationResponse:
-        # 1. Route and size.
-        route = self.pick_route(body)
+        # 1. Route and size; the route must have capacity.
+        route, width, height = await self.pick_route(body)
         max_images = self.config.max_images(route)
         if not 1 <= body.n <= max_images:
             raise BadRequest(f"n must be in [1, {max_images}] on route {route}", "n")
         info = await self.route_info(route)
-        width, height = parse_size(body.size, info.resolution, self.limits)
+        await self.ensure_capacity(route)
         prompt, negative = await self._filter_words(body.prompt, body.negative_prompt)
         job = resolve_request(
             GenerationRequest(

@@ -71,7 +71,17 @@ def run(options: RunOptions) -> int:
     started_ray = not ray.is_initialized()
     if started_ray:
         address = os.environ.get("RAY_ADDRESS")
-        ray.init(address=address, include_dashboard=False) if address else ray.init(include_dashboard=False)
+        if address:
+            ray.init(address=address, include_dashboard=False)
+        else:
+            # One machine: give it every custom resource the routes ask for (e.g. large_memory),
+            # so the 4K route places here too.
+            resources = {}
+            for app in apps:
+                resources.update(app.config.custom_resources())
+            if resources:
+                print(f"local Ray node resources: {resources}", flush=True)
+            ray.init(include_dashboard=False, resources=resources)
     try:
         serve.start(http_options={"host": host, "port": port})
         for app in apps:

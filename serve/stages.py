@@ -20,7 +20,6 @@ from models.decoder import Decoder as DecoderStage
 from models.decoder import TilingConfig
 from models.denoiser import DenoiseJob
 from models.denoiser import Denoiser as DenoiserStage
-from models.pipeline import Defaults
 from models.safety_classifier import SafetyClassifier as SafetyClassifierStage
 from models.text_encoder import PromptEmbedding
 from models.text_encoder import TextEncoder as TextEncoderStage
@@ -29,7 +28,16 @@ from serve.config import Batching, ClassifierConfig, StageConfig, TilingSettings
 from serve.payloads import DenoiseSpec, EncodedPrompt, Latents, Pixels, StageTiming
 
 logger = logging.getLogger("sana_serve.stages")
-NODE = socket.gethostname()
+
+
+def _node() -> str:
+    # Ray's node id tells nodes apart even when several share a host (a local test cluster).
+    try:
+        import ray
+
+        return ray.get_runtime_context().get_node_id()
+    except Exception:  # noqa: BLE001 - outside Ray (in-process use) the host name will do
+        return socket.gethostname()
 
 
 def _ms(seconds: float) -> float:
@@ -56,6 +64,7 @@ class TextEncoder:
 
     def __init__(self, checkpoint: str, stage: StageConfig, cache_size: int, device: str | None = None) -> None:
         _set_threads(stage)
+        self.node = _node()
         self.stage = TextEncoderStage.from_pretrained(
             resolve_checkpoint(checkpoint), device=device, cache_size=cache_size
         )
@@ -75,7 +84,7 @@ class TextEncoder:
         embeddings = await asyncio.to_thread(self._encode_grouped, prompts, with_instruction)
         compute = time.perf_counter() - started
         return [
-            EncodedPrompt(emb, StageTiming(_ms(started - t), _ms(compute), len(prompts), NODE))
+            EncodedPrompt(emb, StageTiming(_ms(started - t), _ms(compute), len(prompts), self.node))
             for emb, t in zip(embeddings, arrived)
         ]
 
@@ -107,9 +116,9 @@ class Denoiser:
 
     def __init__(self, checkpoint: str, stage: StageConfig, device: str | None = None) -> None:
         _set_threads(stage)
+        self.node = _node()
         self.stage = DenoiserStage.from_pretrained(resolve_checkpoint(checkpoint), device=device)
         _configure_batching(self.denoise_batch, stage.batching)
-        self.defaults = Defaults()
         self._warm_up()
         self.batch_sizes: list[int] = []  # recent batch sizes in images, for tests and stats
 
@@ -148,7 +157,7 @@ class Denoiser:
         for z, p, n, t in zip(latents, prompts, negatives, arrived):
             # The encode share of a request is its slower prompt (both ran concurrently).
             encode = max((e for e in (p, n) if e is not None), key=lambda e: e.timing.compute_ms).timing
-            timing = StageTiming(_ms(started - t), _ms(compute), images, NODE)
+            timing = StageTiming(_ms(started - t), _ms(compute), images, self.node)
             results.append(Latents(latents=z, timings={"encode": encode, "denoise": timing}))
         return results
 
@@ -163,12 +172,8 @@ class Denoiser:
         self._run([DenoiseJob(prompt, prompt, 0, 1, side, side, 1, 4.5)])
 
     def describe(self) -> dict:
-        """Resolution class and sampling defaults of this route's checkpoint."""
-        return {
-            "resolution": resolution_for_sample_size(self.stage.sample_size),
-            "steps": self.defaults.steps,
-            "guidance": self.defaults.guidance_scale,
-        }
+        """Resolution class of this route's checkpoint (also a cheap capacity probe)."""
+        return {"resolution": resolution_for_sample_size(self.stage.sample_size)}
 
     def recent_batch_sizes(self) -> list[int]:
         return list(self.batch_sizes)
@@ -182,6 +187,7 @@ class Decoder:
         self, checkpoint: str, stage: StageConfig, tiling: TilingSettings, device: str | None = None
     ) -> None:
         _set_threads(stage)
+        self.node = _node()
         self.stage = DecoderStage.from_pretrained(
             resolve_checkpoint(checkpoint),
             device=device,
@@ -190,10 +196,13 @@ class Decoder:
         channels = self.stage.vae.config.latent_channels
         self.stage.decode(torch.zeros(1, channels, 32, 32), 1024, 1024)  # warm-up
 
+    def describe(self) -> dict:
+        return {"tiling": self.stage.tiling.__dict__}
+
     async def decode(self, latents: Latents, width: int, height: int) -> Pixels:
         started = time.perf_counter()
         images = await asyncio.to_thread(self.stage.decode, latents.latents, width, height)
-        timing = StageTiming(0.0, _ms(time.perf_counter() - started), 1, NODE)
+        timing = StageTiming(0.0, _ms(time.perf_counter() - started), 1, self.node)
         return Pixels(images=images, timings={**latents.timings, "decode": timing})
 
 

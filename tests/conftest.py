@@ -46,11 +46,20 @@ def ray_serve():
     from tests.serve_harness import free_port
 
     port = free_port()
-    ray.init(num_cpus=8, include_dashboard=False, configure_logging=False, log_to_driver=os.environ.get("SANA_TEST_RAY_LOGS") == "1")
+    # One node that carries large_memory, as `sana-serve run` starts it, so 4K routes place here.
+    ray.init(num_cpus=8, resources={"large_memory": 1}, include_dashboard=False, configure_logging=False,
+             log_to_driver=os.environ.get("SANA_TEST_RAY_LOGS") == "1")
     serve.start(http_options={"host": "127.0.0.1", "port": port})
     yield f"http://127.0.0.1:{port}"
     serve.shutdown()
     ray.shutdown()
+
+
+@pytest.fixture(scope="session")
+def tiny_4k_checkpoint(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    from models.materialize import materialize
+
+    return materialize("tiny-4k", tmp_path_factory.mktemp("tiny-4k"), seed=0)
 
 
 @pytest.fixture(scope="session")

@@ -22,8 +22,9 @@ def free_port() -> int:
         return sock.getsockname()[1]
 
 
-def local_args(checkpoint: str, **route_overrides: Any) -> dict[str, Any]:
-    """deploy/local.yaml's application args, pointed at `checkpoint`.
+def local_args(checkpoint: str, checkpoint_4k: str | None = None, **route_overrides: Any) -> dict[str, Any]:
+    """deploy/local.yaml's application args, pointed at `checkpoint` (and the 4K route at
+    `checkpoint_4k`; without it the 4K route is left out).
 
     Stages use this process's torch thread count, so served pixels can be compared bit for bit
     with references computed here.
@@ -34,8 +35,13 @@ def local_args(checkpoint: str, **route_overrides: Any) -> dict[str, Any]:
     args = copy.deepcopy(yaml.safe_load(LOCAL_CONFIG.read_text())["applications"][0]["args"])
     args["text_encoder"]["checkpoint"] = checkpoint
     args["text_encoder"]["torch_threads"] = threads
-    for route in args["routes"].values():
-        route["checkpoint"] = checkpoint
+    if checkpoint_4k is None:
+        args["routes"].pop("tiny-4k")
+        args["gateway"]["size_routes"] = []
+    else:
+        args["routes"]["tiny-4k"]["checkpoint"] = checkpoint_4k
+    for name, route in args["routes"].items():
+        route["checkpoint"] = checkpoint if name != "tiny-4k" else checkpoint_4k
         route["denoiser"]["torch_threads"] = route["decoder"]["torch_threads"] = threads
         for key, value in route_overrides.items():
             route[key] = _merge(route.get(key, {}), value)

@@ -39,7 +39,14 @@ def test_production_config_uses_real_checkpoints_and_places_4k_on_large_memory()
             assert stage.deployment["ray_actor_options"]["num_gpus"] > 0
     four_k = config.routes["sana-1600m-4k"]
     for stage in (four_k.denoiser, four_k.decoder):
-        assert stage.deployment["ray_actor_options"]["resources"] == {"large_memory": 1}
+        assert stage.deployment["ray_actor_options"]["resources"] == {"large_memory": 0.01}
+        assert stage.deployment["ray_actor_options"]["label_selector"] == {"sana-serve/node-class": "large-memory"}
+    for name in ("sana-1600m-1024", "sana-1600m-2k"):
+        assert "resources" not in config.routes[name].denoiser.deployment["ray_actor_options"]
+    assert config.route_for_size(1024, 1024) == "sana-1600m-1024"
+    assert config.route_for_size(2048, 1024) == "sana-1600m-2k"
+    assert config.route_for_size(4096, 2048) == "sana-1600m-4k"
+    assert config.custom_resources() == {"large_memory": 1.0}
     assert config.max_images("sana-1600m-4k") == 1
 
 
