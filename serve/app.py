@@ -29,7 +29,7 @@ def build_from_config(config: AppConfig) -> Application:
     for route in config.routes.values():
         denoiser = Denoiser.options(
             name=stage_deployment_name("Denoiser", route.name), **route.denoiser.deployment
-        ).bind(route.checkpoint, route.denoiser, route.device)
+        ).bind(route.checkpoint, route.denoiser, route.name, route.device)
         decoder = Decoder.options(
             name=stage_deployment_name("Decoder", route.name), **route.decoder.deployment
         ).bind(route.checkpoint, route.decoder, route.tiling, route.device)

@@ -48,13 +48,16 @@ def _add_run(commands: argparse._SubParsersAction) -> None:
     parser.add_argument("--model", help="checkpoint folder or repo id for the default route")
     parser.add_argument("--host", help="default: the config's http_options.host, else 127.0.0.1")
     parser.add_argument("--port", type=int, help="default: the config's http_options.port, else 8000")
+    parser.add_argument("--metrics-port", type=int, default=8080,
+                        help="Ray's Prometheus metrics port when starting a local Ray (default 8080)")
     parser.set_defaults(handler=_run)
 
 
 def _run(args: argparse.Namespace) -> int:
     from serve.runner import RunOptions, run
 
-    return run(RunOptions(config=args.config, model=args.model, host=args.host, port=args.port))
+    return run(RunOptions(config=args.config, model=args.model, host=args.host, port=args.port,
+                          metrics_port=args.metrics_port))
 
 
 def _materialize(args: argparse.Namespace) -> int:

@@ -29,7 +29,7 @@ from models.pipeline import MAX_SEED, GenerationRequest, ResolvedRequest, resolv
 from serve.auth import Authenticator
 from serve.checkpoints import checkpoint_resolution
 from serve.config import AppConfig, Limits
-from serve.metrics import safety_replacements
+from serve import metrics
 from serve.word_filter import WordFilter
 from serve.errors import (
     ApiError,
@@ -233,7 +233,7 @@ class Gateway:
 
     def _count_replacement(self, layer: str) -> None:
         self._safety_counts[layer] += 1
-        safety_replacements().inc(tags={"layer": layer})
+        metrics.safety_replacements().inc(tags={"layer": layer})
 
     def stage_retry_count(self) -> int:
         """Stage calls retried after a replica died (for operators and tests; not an HTTP route)."""
@@ -284,6 +284,7 @@ class Gateway:
             self._typical_s = 0.8 * self._typical_s + 0.2 * (time.perf_counter() - started)
         except Exception as exc:  # noqa: BLE001 - every failure becomes a typed JSON error
             error = to_api_error(exc)
+            metrics.errors().inc(tags={"type": error.type, "status": str(error.status)})
             log = logger.warning if error.status < 500 else logger.error
             log(json.dumps({"event": "request_failed", "request_id": request_id, "status": error.status,
                             "type": error.type, "param": error.param, "error": repr(exc)[:500]}))
@@ -295,6 +296,13 @@ class Gateway:
             response.model_dump(),
             headers={"Server-Timing": server_timing(response.timings_ms), "X-Request-Id": request_id},
         )
+
+    @staticmethod
+    def _record(route: str, timings: Timings, images: int) -> None:
+        metrics.request_latency().observe(timings.total, tags={"route": route})
+        for stage in metrics.STAGES:
+            metrics.stage_latency().observe(getattr(timings, stage), tags={"route": route, "stage": stage})
+        metrics.images_generated().inc(images, tags={"route": route})
 
     def _admit(self) -> None:
         cap = self.config.gateway.max_inflight
@@ -371,6 +379,7 @@ class Gateway:
             total=round(total_ms, 3),
             **stage_ms,
         )
+        self._record(route, timings, job.num_images)
         logger.info(json.dumps({"event": "request_done", "request_id": request_id, "route": route,
                                 "n": job.num_images, "size": f"{width}x{height}", "seed": job.seed,
                                 "timings_ms": timings.model_dump()}))

@@ -19,6 +19,7 @@ class RunOptions:
     model: str | None = None
     host: str | None = None
     port: int | None = None
+    metrics_port: int | None = None  # Ray's Prometheus endpoint on this node (None: Ray picks one)
 
 
 @dataclass(frozen=True)
@@ -72,7 +73,7 @@ def run(options: RunOptions) -> int:
     if started_ray:
         address = os.environ.get("RAY_ADDRESS")
         if address:
-            ray.init(address=address, include_dashboard=False)
+            ray.init(address=address, include_dashboard=False)  # the cluster's own metrics settings apply
         else:
             # One machine: give it every custom resource the routes ask for (e.g. large_memory),
             # so the 4K route places here too.
@@ -81,7 +82,9 @@ def run(options: RunOptions) -> int:
                 resources.update(app.config.custom_resources())
             if resources:
                 print(f"local Ray node resources: {resources}", flush=True)
-            ray.init(include_dashboard=False, resources=resources)
+            ray.init(include_dashboard=False, resources=resources, _metrics_export_port=options.metrics_port)
+            if options.metrics_port:
+                print(f"Prometheus metrics: http://127.0.0.1:{options.metrics_port}/metrics", flush=True)
     try:
         serve.start(http_options={"host": host, "port": port})
         for app in apps:

@@ -25,6 +25,7 @@ from models.text_encoder import PromptEmbedding
 from models.text_encoder import TextEncoder as TextEncoderStage
 from serve.checkpoints import resolve_checkpoint
 from serve.config import Batching, ClassifierConfig, StageConfig, TilingSettings
+from serve import metrics
 from serve.payloads import DenoiseSpec, EncodedPrompt, Latents, Pixels, StageTiming
 
 logger = logging.getLogger("sana_serve.stages")
@@ -80,9 +81,16 @@ class TextEncoder:
     async def encode_batch(
         self, prompts: list[str], with_instruction: list[bool], arrived: list[float]
     ) -> list[EncodedPrompt]:
+        cache = self.stage.cache
+        hits, misses = cache.hits, cache.misses
         started = time.perf_counter()
         embeddings = await asyncio.to_thread(self._encode_grouped, prompts, with_instruction)
         compute = time.perf_counter() - started
+        metrics.batch_size().observe(len(prompts), tags={"stage": "text_encoder"})
+        if cache.hits > hits:
+            metrics.embedding_cache().inc(cache.hits - hits, tags={"result": "hit"})
+        if cache.misses > misses:
+            metrics.embedding_cache().inc(cache.misses - misses, tags={"result": "miss"})
         return [
             EncodedPrompt(emb, StageTiming(_ms(started - t), _ms(compute), len(prompts), self.node))
             for emb, t in zip(embeddings, arrived)
@@ -114,9 +122,10 @@ def _to_cpu(embedding: PromptEmbedding) -> PromptEmbedding:
 class Denoiser:
     """Sana DiT + Flow-DPM-Solver for one route, batched over requests (batch size counts images)."""
 
-    def __init__(self, checkpoint: str, stage: StageConfig, device: str | None = None) -> None:
+    def __init__(self, checkpoint: str, stage: StageConfig, route: str, device: str | None = None) -> None:
         _set_threads(stage)
         self.node = _node()
+        self.route = route
         self.stage = DenoiserStage.from_pretrained(resolve_checkpoint(checkpoint), device=device)
         _configure_batching(self.denoise_batch, stage.batching)
         self._warm_up()
@@ -150,9 +159,11 @@ class Denoiser:
         ]
         images = _images_in(specs)
         self.batch_sizes = (self.batch_sizes + [images])[-256:]
+        metrics.batch_size().observe(images, tags={"stage": "denoiser"})
         started = time.perf_counter()
         latents = await asyncio.to_thread(self._run, jobs)
         compute = time.perf_counter() - started
+        metrics.denoise_steps().inc(sum(s.steps * s.num_images for s in specs), tags={"route": self.route})
         results = []
         for z, p, n, t in zip(latents, prompts, negatives, arrived):
             # The encode share of a request is its slower prompt (both ran concurrently).

@@ -46,9 +46,11 @@ def ray_serve():
     from tests.serve_harness import free_port
 
     port = free_port()
+    os.environ["SANA_TEST_METRICS_PORT"] = str(free_port())
     # One node that carries large_memory, as `sana-serve run` starts it, so 4K routes place here.
     ray.init(num_cpus=8, resources={"large_memory": 1}, include_dashboard=False, configure_logging=False,
-             log_to_driver=os.environ.get("SANA_TEST_RAY_LOGS") == "1")
+             log_to_driver=os.environ.get("SANA_TEST_RAY_LOGS") == "1",
+             _metrics_export_port=int(os.environ["SANA_TEST_METRICS_PORT"]))
     serve.start(http_options={"host": "127.0.0.1", "port": port})
     yield f"http://127.0.0.1:{port}"
     serve.shutdown()

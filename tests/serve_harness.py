@@ -50,6 +50,8 @@ def local_args(checkpoint: str, checkpoint_4k: str | None = None, **route_overri
 
 def _merge(base: dict, extra: dict) -> dict:
     merged = dict(base)
+    if "num_replicas" in extra:
+        merged.pop("autoscaling_config", None)  # a fixed count replaces autoscaling
     for key, value in extra.items():
         merged[key] = _merge(base.get(key, {}), value) if isinstance(value, dict) else value
     return merged

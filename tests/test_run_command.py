@@ -19,7 +19,7 @@ def test_run_embedded_default_end_to_end(tmp_path):
     env.pop("RAY_ADDRESS", None)  # its own local Ray, not the test session's
     log = open(tmp_path / "run.log", "w+")
     process = subprocess.Popen(
-        [sys.executable, "-m", "serve.cli", "run", "--port", str(port)],
+        [sys.executable, "-m", "serve.cli", "run", "--port", str(port), "--metrics-port", str(free_port())],
         stdout=log, stderr=subprocess.STDOUT, env=env, start_new_session=True,
     )
     try:

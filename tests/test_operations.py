@@ -1,0 +1,153 @@
+"""Operations: our metrics on Ray's Prometheus endpoint, the dashboard's queries, autoscaling."""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import time
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+import httpx
+import pytest
+from prometheus_client.parser import text_string_to_metric_families
+
+from tests.serve_harness import local_args
+
+ROOT = Path(__file__).resolve().parent.parent
+APP = "sana-ops"
+URL = "/v1/images/generations"
+OUR_METRICS = {
+    "ray_sana_request_latency_ms": "histogram",
+    "ray_sana_stage_latency_ms": "histogram",
+    "ray_sana_batch_size": "histogram",
+    "ray_sana_images_generated": "counter",
+    "ray_sana_denoise_steps": "counter",
+    "ray_sana_safety_replacements": "counter",
+    "ray_sana_errors": "counter",
+    "ray_sana_text_embedding_cache": "counter",
+}
+
+
+@pytest.fixture(scope="module")
+def base_url(ray_serve, tiny_checkpoint):
+    from ray import serve
+
+    from serve.app import build_app
+
+    serve.run(build_app(local_args(str(tiny_checkpoint))), name=APP, route_prefix="/ops")
+    yield f"{ray_serve}/ops"
+    serve.delete(APP)
+
+
+def _scrape() -> dict[str, list]:
+    text = httpx.get(f"http://127.0.0.1:{os.environ['SANA_TEST_METRICS_PORT']}/metrics", timeout=30).text
+    samples: dict[str, list] = {}
+    for family in text_string_to_metric_families(text):
+        for sample in family.samples:
+            samples.setdefault(sample.name, []).append(sample)
+    return samples
+
+
+def _value(samples, name: str, **labels) -> float:
+    return sum(s.value for s in samples.get(name, []) if all(s.labels.get(k) == v for k, v in labels.items()))
+
+
+@pytest.fixture(scope="module")
+def scraped(base_url) -> dict[str, list]:
+    """Traffic of every kind, then the scrape once Ray has exported it (it reports every few s)."""
+    bodies = [
+        {"prompt": "a red fox", "size": "512x512", "num_inference_steps": 2, "seed": 1, "n": 2},
+        {"prompt": "a red fox", "size": "512x512", "num_inference_steps": 2, "seed": 2},  # cache hit
+        {"prompt": "a nude statue", "size": "512x512", "num_inference_steps": 1},  # word filter
+        {"prompt": "a fox", "size": "1x1"},  # error
+    ]
+    with ThreadPoolExecutor(4) as pool:
+        list(pool.map(lambda b: httpx.post(f"{base_url}{URL}", json=b, timeout=120), bodies))
+    deadline = time.monotonic() + 90
+    while True:
+        samples = _scrape()
+        if all(f"{name}_count" in samples or f"{name}_total" in samples for name in OUR_METRICS):
+            if _value(samples, "ray_sana_images_generated_total", route="tiny-1024") >= 4:
+                return samples
+        if time.monotonic() > deadline:
+            missing = [n for n in OUR_METRICS if f"{n}_count" not in samples and f"{n}_total" not in samples]
+            raise AssertionError(f"metrics never exported: {missing}")
+        time.sleep(2)
+
+
+def test_our_metrics_are_exported_with_sensible_values(scraped):
+    route = {"route": "tiny-1024"}
+    assert _value(scraped, "ray_sana_images_generated_total", **route) >= 4
+    assert _value(scraped, "ray_sana_request_latency_ms_count", **route) >= 3
+    assert _value(scraped, "ray_sana_request_latency_ms_sum", **route) > 0
+    for stage in ("queue", "encode", "denoise", "decode", "image_encode"):
+        assert _value(scraped, "ray_sana_stage_latency_ms_count", stage=stage, **route) >= 3, stage
+    assert _value(scraped, "ray_sana_stage_latency_ms_sum", stage="denoise", **route) > 0
+    assert _value(scraped, "ray_sana_batch_size_count", stage="denoiser") >= 1
+    # Batch sizes count images: the n=2 request made a batch above the le=1 bucket.
+    assert _value(scraped, "ray_sana_batch_size_bucket", stage="denoiser", le="1.0") < _value(
+        scraped, "ray_sana_batch_size_count", stage="denoiser")
+    assert _value(scraped, "ray_sana_batch_size_count", stage="text_encoder") >= 1
+    assert _value(scraped, "ray_sana_denoise_steps_total", **route) >= 2 * 2 + 2 + 1
+    assert _value(scraped, "ray_sana_safety_replacements_total", layer="word_filter") >= 1
+    assert _value(scraped, "ray_sana_errors_total", type="invalid_request_error", status="400") >= 1
+    assert _value(scraped, "ray_sana_text_embedding_cache_total", result="hit") >= 1
+    assert _value(scraped, "ray_sana_text_embedding_cache_total", result="miss") >= 1
+    # Ray tags each series with its deployment and replica.
+    sample = scraped["ray_sana_denoise_steps_total"][0]
+    assert sample.labels["deployment"] == "Denoiser-tiny-1024" and sample.labels["replica"]
+
+
+def _dashboard_metrics() -> set[str]:
+    dashboard = json.loads((ROOT / "deploy" / "grafana" / "sana-serve.json").read_text())
+    exprs = [t["expr"] for panel in dashboard["panels"] for t in panel.get("targets", [])]
+    assert len(exprs) >= 10
+    names = set()
+    for expr in exprs:
+        names |= set(re.findall(r"\b(ray_[a-z_]+)", expr))
+    return names
+
+
+def test_every_metric_a_dashboard_panel_queries_exists(scraped):
+    missing = sorted(name for name in _dashboard_metrics() if name not in scraped)
+    assert not missing, missing
+
+
+def _running_replicas(deployment: str) -> int:
+    from ray import serve
+
+    status = serve.status().applications[APP].deployments[deployment]
+    return status.replica_states.get("RUNNING", 0)
+
+
+def test_denoiser_scales_up_under_load_and_back_down_without_failures(base_url):
+    deployment = "Denoiser-tiny-1024"
+    assert _running_replicas(deployment) == 1
+    statuses: list[int] = []
+    stop = time.monotonic() + 120
+    peak = 1
+
+    def client(i: int) -> None:
+        nonlocal peak
+        while time.monotonic() < stop:
+            body = {"prompt": f"load {i}", "size": "1024x1024", "num_inference_steps": 20, "seed": i}
+            statuses.append(httpx.post(f"{base_url}{URL}", json=body, timeout=300).status_code)
+
+    with ThreadPoolExecutor(6) as pool:
+        futures = [pool.submit(client, i) for i in range(6)]
+        while time.monotonic() < stop:
+            peak = max(peak, _running_replicas(deployment))
+            if peak >= 2:
+                stop = time.monotonic()  # load ends once the scale-up is seen
+                break
+            time.sleep(0.5)
+        for future in futures:
+            future.result()
+    assert peak >= 2, "the Denoiser never scaled up"
+    assert statuses and set(statuses) == {200}, statuses
+    deadline = time.monotonic() + 120
+    while _running_replicas(deployment) > 1:
+        assert time.monotonic() < deadline, "the Denoiser never scaled back down"
+        time.sleep(1)
