@@ -83,14 +83,16 @@ def _hub(name: str, repo: str, resolution: int, size: str, dtype: str, file_vari
     )
 
 
-def _tiny(name: str, resolution: int) -> Variant:
+def _offline(name: str, resolution: int, size: str = "tiny") -> Variant:
+    """Materialize-only checkpoints: `tiny` for tests, `small` for CPU benchmarks (Sana-shaped, about
+    a second of CPU per 512px image, so timings measure compute rather than overhead)."""
     return Variant(
         name=name,
         repo_id=None,
         resolution=resolution,
-        transformer_arch="transformer-tiny",
-        vae_arch="vae-dc-ae-tiny",
-        text_encoder_arch="text-encoder-gemma-2-tiny",
+        transformer_arch=f"transformer-{size}",
+        vae_arch=f"vae-dc-ae-{size}",
+        text_encoder_arch=f"text-encoder-gemma-2-{size}",
         gpu_dtype="float32",
     )
 
@@ -104,8 +106,9 @@ VARIANTS: dict[str, Variant] = {
         _hub("sana-1600m-1024", "Sana_1600M_1024px_BF16_diffusers", 1024, "1600m", "bfloat16", "bf16"),
         _hub("sana-1600m-2k", "Sana_1600M_2Kpx_BF16_diffusers", 2048, "1600m", "bfloat16", "bf16"),
         _hub("sana-1600m-4k", "Sana_1600M_4Kpx_BF16_diffusers", 4096, "1600m", "bfloat16", "bf16"),
-        _tiny("tiny", 1024),
-        _tiny("tiny-4k", 4096),
+        _offline("tiny", 1024),
+        _offline("tiny-4k", 4096),
+        _offline("small", 512, "small"),
     )
 }
 

@@ -193,9 +193,7 @@ def _section(raw: Any, where: str) -> dict[str, Any]:
 def _typed(cls, raw: Any, where: str):
     values = _section(raw, where)
     known = set(cls.__dataclass_fields__)
-    unknown = sorted(set(values) - known)
-    if unknown:
-        raise ConfigError(f"{where}: unknown key(s) {', '.join(unknown)}; expected {', '.join(sorted(known))}")
+    _only(values, known, where)
     defaults = cls()
     for key, value in values.items():
         expected = type(getattr(defaults, key))
@@ -213,9 +211,7 @@ _STAGE_KEYS = {"deployment", "batching", "torch_threads"}
 
 def _stage(raw: Any, where: str) -> StageConfig:
     values = _section(raw, where)
-    unknown = sorted(set(values) - _STAGE_KEYS)
-    if unknown:
-        raise ConfigError(f"{where}: unknown key(s) {', '.join(unknown)}")
+    _only(values, _STAGE_KEYS, where)
     batching = _typed(Batching, values.get("batching"), f"{where}.batching")
     if batching.max_batch_size < 1:
         raise ConfigError(f"{where}.batching.max_batch_size must be at least 1")
@@ -291,9 +287,7 @@ def _placed(stage: StageConfig, placement: dict[str, Any]) -> StageConfig:
 def parse_app_config(args: dict[str, Any]) -> AppConfig:
     """Parse the application's `args` mapping."""
     args = _section(args, "args")
-    unknown = sorted(set(args) - {"text_encoder", "routes", "default_route", "gateway", "safety", "auth"})
-    if unknown:
-        raise ConfigError(f"args: unknown key(s) {', '.join(unknown)}")
+    _only(args, {"text_encoder", "routes", "default_route", "gateway", "safety", "auth"}, "args")
     routes_raw = _section(args.get("routes"), "routes")
     if not routes_raw:
         raise ConfigError("routes: at least one route is required")
@@ -302,9 +296,7 @@ def parse_app_config(args: dict[str, Any]) -> AppConfig:
     if default_route not in routes:
         raise ConfigError(f"default_route {default_route!r} is not one of the routes ({', '.join(routes)})")
     enc = _section(args.get("text_encoder"), "text_encoder")
-    unknown = sorted(set(enc) - _STAGE_KEYS - {"checkpoint", "cache_size", "device"})
-    if unknown:
-        raise ConfigError(f"text_encoder: unknown key(s) {', '.join(unknown)}")
+    _only(enc, _STAGE_KEYS | {"checkpoint", "cache_size", "device"}, "text_encoder")
     text_encoder = TextEncoderConfig(
         checkpoint=_checkpoint(enc.get("checkpoint", routes[default_route].checkpoint), "text_encoder"),
         stage=_stage({k: enc[k] for k in _STAGE_KEYS if k in enc}, "text_encoder"),
@@ -435,7 +427,7 @@ def _is_sha256(text: str) -> bool:
 def _only(values: dict[str, Any], allowed: set[str], where: str) -> None:
     unknown = sorted(set(values) - allowed)
     if unknown:
-        raise ConfigError(f"{where}: unknown key(s) {', '.join(unknown)}")
+        raise ConfigError(f"{where}: unknown key(s) {', '.join(unknown)}; expected {', '.join(sorted(allowed))}")
 
 
 def load_serve_config(path: str | os.PathLike[str]) -> dict[str, Any]:

@@ -51,6 +51,8 @@ def _scrape() -> dict[str, list]:
 
 
 def _value(samples, name: str, **labels) -> float:
+    """Sum of this app's samples of `name` with these labels (other test apps share the endpoint)."""
+    labels = {"application": APP, **labels}
     return sum(s.value for s in samples.get(name, []) if all(s.labels.get(k) == v for k, v in labels.items()))
 
 
@@ -96,7 +98,7 @@ def test_our_metrics_are_exported_with_sensible_values(scraped):
     assert _value(scraped, "ray_sana_text_embedding_cache_total", result="hit") >= 1
     assert _value(scraped, "ray_sana_text_embedding_cache_total", result="miss") >= 1
     # Ray tags each series with its deployment and replica.
-    sample = scraped["ray_sana_denoise_steps_total"][0]
+    sample = next(s for s in scraped["ray_sana_denoise_steps_total"] if s.labels.get("application") == APP)
     assert sample.labels["deployment"] == "Denoiser-tiny-1024" and sample.labels["replica"]
 
 
