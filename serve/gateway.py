@@ -18,6 +18,8 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 
 from fastapi import FastAPI, Request
+from fastapi.openapi.docs import get_swagger_ui_html
+from fastapi.openapi.utils import get_openapi
 from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from pydantic import ValidationError
@@ -56,11 +58,12 @@ from serve.schemas import (
 
 logger = logging.getLogger("sana_serve.gateway")
 
-app = FastAPI(
-    title="sana-serve",
-    description="OpenAI-style images API for NVIDIA Sana text-to-image models on Ray Serve.",
-    version="0.1.0",
-)
+API_TITLE, API_VERSION = "sana-serve", "0.1.0"
+API_DESCRIPTION = "OpenAI-style images API for NVIDIA Sana text-to-image models on Ray Serve."
+# /openapi.json and /docs are served by the Gateway itself, so the schema can carry this
+# deployment's configured limits.
+app = FastAPI(title=API_TITLE, description=API_DESCRIPTION, version=API_VERSION, openapi_url=None, docs_url=None,
+              redoc_url=None)
 
 _SIZE = re.compile(r"^(\d{1,5})x(\d{1,5})$")
 _ERRORS = {status: {"model": ErrorResponse} for status in (400, 401, 404, 413, 415, 429, 503)}
@@ -148,6 +151,27 @@ def _reject_constant(name: str) -> float:
     raise ValueError(f"{name} is not valid JSON")
 
 
+def request_schema(limits: Limits, max_images: int) -> dict:
+    """The request's JSON schema with this deployment's limits, so clients and fuzzers see them."""
+    schema = ImageGenerationRequest.model_json_schema()
+    properties = schema["properties"]
+
+    def bound(name: str, **constraints) -> None:
+        field = properties[name]
+        # Optional fields are anyOf [type, null]: the constraints belong to the non-null branch.
+        target = next((branch for branch in field.get("anyOf", [field]) if branch.get("type") != "null"), field)
+        target.update(constraints)
+
+    bound("prompt", minLength=1, maxLength=limits.max_prompt_chars, pattern=r"\S")
+    bound("negative_prompt", maxLength=limits.max_prompt_chars)
+    bound("n", minimum=1, maximum=max_images)
+    bound("size", pattern=r"^[0-9]{1,5}x[0-9]{1,5}$")
+    bound("num_inference_steps", minimum=1, maximum=limits.max_steps)
+    bound("guidance_scale", minimum=0, maximum=limits.max_guidance)
+    bound("seed", minimum=0, maximum=MAX_SEED)
+    return schema
+
+
 def server_timing(timings: Timings) -> str:
     return ", ".join(f"{name};dur={value:.1f}" for name, value in timings.model_dump().items())
 
@@ -179,6 +203,8 @@ class Gateway:
         self._inflight = 0
         self._typical_s = 1.0  # moving average of request time: the Retry-After we suggest
         self._encode_pool = ThreadPoolExecutor(config.gateway.image_encode_threads, thread_name_prefix="image-encode")
+        self._request_schema = request_schema(self.limits, max(config.max_images(r) for r in config.routes))
+        self._openapi: dict | None = None
 
     # --- routes -------------------------------------------------------------------------------
 
@@ -240,6 +266,21 @@ class Gateway:
         return self._stage_retries
 
     # --- HTTP ---------------------------------------------------------------------------------
+
+    @app.get("/openapi.json", include_in_schema=False)
+    async def openapi(self, request: Request) -> dict:
+        if self._openapi is None:
+            spec = get_openapi(title=API_TITLE, version=API_VERSION, description=API_DESCRIPTION,
+                               routes=request.app.routes)
+            body = spec["paths"]["/v1/images/generations"]["post"]["requestBody"]
+            body["content"]["application/json"]["schema"] = self._request_schema
+            self._openapi = spec
+        return self._openapi
+
+    @app.get("/docs", include_in_schema=False)
+    async def docs(self, request: Request):
+        return get_swagger_ui_html(openapi_url=f"{request.scope.get('root_path', '')}/openapi.json",
+                                   title=f"{API_TITLE} API")
 
     @app.get("/healthz")
     async def healthz(self) -> dict:

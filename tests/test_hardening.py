@@ -184,6 +184,17 @@ def test_overload_gets_503_with_retry_after_and_nothing_is_lost(base_url):
     assert httpx.post(f"{base_url}{URL}", json=body, headers=_auth("other"), timeout=120).status_code == 200
 
 
+def test_openapi_schema_publishes_the_configured_limits(base_url):
+    spec = httpx.get(f"{base_url}/openapi.json", timeout=30).json()
+    schema = spec["paths"][URL]["post"]["requestBody"]["content"]["application/json"]["schema"]
+    properties = schema["properties"]
+    steps = next(b for b in properties["num_inference_steps"]["anyOf"] if b.get("type") == "integer")
+    assert steps["maximum"] == 2
+    assert properties["n"]["maximum"] == 2 and properties["prompt"]["maxLength"] == 200
+    size = next(b for b in properties["size"]["anyOf"] if b.get("type") == "string")
+    assert size["pattern"] == "^[0-9]{1,5}x[0-9]{1,5}$"
+
+
 def test_schemathesis_fuzz_finds_no_server_errors(base_url, tmp_path):
     result = subprocess.run(
         [sys.executable, "-m", "schemathesis.cli", "run", f"{base_url}/openapi.json",
