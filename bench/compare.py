@@ -90,8 +90,9 @@ def served(checkpoint: str, device: str, requests: int, sizes: list[str], steps:
     route = args["routes"]["tiny-1024"]
     route.update(checkpoint=checkpoint, device=device)
     route["denoiser"]["torch_threads"] = route["decoder"]["torch_threads"] = threads
-    route["denoiser"]["deployment"] = {"num_replicas": 1, "max_ongoing_requests": 16,
-                                       "ray_actor_options": {"num_cpus": 0.5}}
+    deployment = route["denoiser"]["deployment"]
+    deployment.pop("autoscaling_config", None)  # one replica: the comparison is about one pipeline
+    deployment["num_replicas"] = 1
     port = _free_port()
     ray.init(include_dashboard=False, log_to_driver=False)
     try:
