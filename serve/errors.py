@@ -111,7 +111,12 @@ def _ray_cause(exc: BaseException) -> BaseException | None:
 
 def is_replica_failure(exc: BaseException) -> bool:
     """A replica died or became unreachable mid-call: the call may be retried (stage calls are pure)."""
-    from ray.exceptions import ActorDiedError, ActorUnavailableError, RayActorError, WorkerCrashedError
+    from ray.exceptions import (
+        ActorDiedError,
+        ActorUnavailableError,
+        RayActorError,
+        WorkerCrashedError,
+    )
     from ray.serve.exceptions import ReplicaUnavailableError
 
     seen: BaseException | None = exc

@@ -21,18 +21,23 @@ from fastapi import FastAPI, Request
 from fastapi.openapi.docs import get_swagger_ui_html
 from fastapi.openapi.utils import get_openapi
 from fastapi.responses import JSONResponse
-from starlette.exceptions import HTTPException as StarletteHTTPException
 from pydantic import ValidationError
 from ray import serve
 from ray.serve.handle import DeploymentHandle
+from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from models.binning import bin_size
-from models.pipeline import MAX_SEED, GenerationRequest, ResolvedRequest, resolve_request, Defaults
+from models.pipeline import (
+    MAX_SEED,
+    Defaults,
+    GenerationRequest,
+    ResolvedRequest,
+    resolve_request,
+)
+from serve import metrics
 from serve.auth import Authenticator
 from serve.checkpoints import checkpoint_resolution
 from serve.config import AppConfig, Limits
-from serve import metrics
-from serve.word_filter import WordFilter
 from serve.errors import (
     ApiError,
     BadRequest,
@@ -55,6 +60,7 @@ from serve.schemas import (
     ModelList,
     Timings,
 )
+from serve.word_filter import WordFilter
 
 logger = logging.getLogger("sana_serve.gateway")
 

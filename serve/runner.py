@@ -10,7 +10,13 @@ from pathlib import Path
 from typing import Any
 
 from serve.checkpoints import is_materialized, resolve_checkpoint
-from serve.config import DEFAULT_LOCAL_CONFIG, AppConfig, cache_dir, load_serve_config, parse_app_config
+from serve.config import (
+    DEFAULT_LOCAL_CONFIG,
+    AppConfig,
+    cache_dir,
+    load_serve_config,
+    parse_app_config,
+)
 
 
 @dataclass(frozen=True)

@@ -23,9 +23,9 @@ from models.denoiser import Denoiser as DenoiserStage
 from models.safety_classifier import SafetyClassifier as SafetyClassifierStage
 from models.text_encoder import PromptEmbedding
 from models.text_encoder import TextEncoder as TextEncoderStage
+from serve import metrics
 from serve.checkpoints import resolve_checkpoint
 from serve.config import Batching, ClassifierConfig, StageConfig, TilingSettings
-from serve import metrics
 from serve.payloads import DenoiseSpec, EncodedPrompt, Latents, Pixels, StageTiming
 
 logger = logging.getLogger("sana_serve.stages")
