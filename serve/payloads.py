@@ -2,11 +2,12 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 
 import numpy as np
 import torch
 
+from models.denoiser import DenoiseJob
 from models.text_encoder import PromptEmbedding
 
 
@@ -36,6 +37,9 @@ class DenoiseSpec:
     height: int
     steps: int
     guidance_scale: float
+
+    def job(self, prompt: PromptEmbedding, negative: PromptEmbedding | None) -> DenoiseJob:
+        return DenoiseJob(prompt=prompt, negative=negative, **asdict(self))
 
 
 @dataclass(frozen=True)

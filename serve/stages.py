@@ -106,9 +106,6 @@ class TextEncoder:
                     results[i] = _to_cpu(emb)
         return results
 
-    def cache_stats(self) -> dict[str, int]:
-        cache = self.stage.cache
-        return {"hits": cache.hits, "misses": cache.misses, "size": len(cache)}
 
 
 def _to_cpu(embedding: PromptEmbedding) -> PromptEmbedding:
@@ -129,7 +126,6 @@ class Denoiser:
         self.stage = DenoiserStage.from_pretrained(resolve_checkpoint(checkpoint), device=device)
         _configure_batching(self.denoise_batch, stage.batching)
         self._warm_up()
-        self.batch_sizes: list[int] = []  # recent batch sizes in images, for tests and stats
 
     async def denoise(
         self, spec: DenoiseSpec, prompt: EncodedPrompt, negative: EncodedPrompt | None
@@ -144,21 +140,8 @@ class Denoiser:
         negatives: list[EncodedPrompt | None],
         arrived: list[float],
     ) -> list[Latents]:
-        jobs = [
-            DenoiseJob(
-                prompt=p.embedding,
-                negative=n.embedding if n is not None else None,
-                seed=s.seed,
-                num_images=s.num_images,
-                width=s.width,
-                height=s.height,
-                steps=s.steps,
-                guidance_scale=s.guidance_scale,
-            )
-            for s, p, n in zip(specs, prompts, negatives)
-        ]
+        jobs = [s.job(p.embedding, n.embedding if n is not None else None) for s, p, n in zip(specs, prompts, negatives)]
         images = _images_in(specs)
-        self.batch_sizes = (self.batch_sizes + [images])[-256:]
         metrics.batch_size().observe(images, tags={"stage": "denoiser"})
         started = time.perf_counter()
         latents = await asyncio.to_thread(self._run, jobs)
@@ -186,8 +169,6 @@ class Denoiser:
         """Resolution class of this route's checkpoint (also a cheap capacity probe)."""
         return {"resolution": resolution_for_sample_size(self.stage.sample_size)}
 
-    def recent_batch_sizes(self) -> list[int]:
-        return list(self.batch_sizes)
 
 
 @serve.deployment(name="Decoder", ray_actor_options={"num_cpus": 0}, max_ongoing_requests=16)

@@ -6,6 +6,7 @@ import base64
 import copy
 import io
 import socket
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -63,3 +64,17 @@ def decode_images(response_json: dict) -> np.ndarray:
         for item in response_json["data"]
     ]
     return np.stack(images)
+
+
+@contextmanager
+def deployed(args: dict[str, Any], name: str, route_prefix: str = "/"):
+    """The app built from `args`, running under `name` until the block ends."""
+    from ray import serve
+
+    from serve.app import build_app
+
+    serve.run(build_app(args), name=name, route_prefix=route_prefix)
+    try:
+        yield
+    finally:
+        serve.delete(name)

@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 
 from models.pipeline import GenerationRequest, SanaInProcessPipeline
-from tests.serve_harness import decode_images, local_args
+from tests.serve_harness import decode_images, deployed, local_args
 
 APP = "sana-4k"
 URL = "/v1/images/generations"
@@ -17,13 +17,8 @@ URL = "/v1/images/generations"
 
 @pytest.fixture(scope="module")
 def base_url(ray_serve, tiny_checkpoint, tiny_4k_checkpoint):
-    from ray import serve
-
-    from serve.app import build_app
-
-    serve.run(build_app(local_args(str(tiny_checkpoint), str(tiny_4k_checkpoint))), name=APP, route_prefix="/")
-    yield ray_serve
-    serve.delete(APP)
+    with deployed(local_args(str(tiny_checkpoint), str(tiny_4k_checkpoint)), APP, "/"):
+        yield ray_serve
 
 
 def test_4k_request_without_model_goes_to_the_4k_route_and_matches_in_process(base_url, tiny_4k_checkpoint):

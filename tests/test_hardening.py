@@ -12,7 +12,7 @@ import httpx
 import pytest
 
 from serve.auth import key_digest
-from tests.serve_harness import local_args
+from tests.serve_harness import deployed, local_args
 
 APP = "sana-hardening"
 KEYS = {name: f"sk-test-{name}-0123456789" for name in ("table", "fuzz", "limit", "other")}
@@ -21,10 +21,6 @@ URL = "/v1/images/generations"
 
 @pytest.fixture(scope="module")
 def base_url(ray_serve, tiny_checkpoint):
-    from ray import serve
-
-    from serve.app import build_app
-
     args = local_args(
         str(tiny_checkpoint),
         denoiser={"deployment": {"max_ongoing_requests": 1, "max_queued_requests": 1},
@@ -37,9 +33,8 @@ def base_url(ray_serve, tiny_checkpoint):
     args["gateway"]["max_inflight"] = 2
     args["auth"] = {"enabled": True, "key_hashes": [key_digest(k) for k in KEYS.values()],
                     "requests_per_minute": 1, "burst": 300}
-    serve.run(build_app(args), name=APP, route_prefix="/")
-    yield ray_serve
-    serve.delete(APP)
+    with deployed(args, APP, "/"):
+        yield ray_serve
 
 
 def _auth(name: str = "table") -> dict[str, str]:

@@ -13,7 +13,7 @@ import httpx
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
-from tests.serve_harness import local_args
+from tests.serve_harness import deployed, local_args
 
 ROOT = Path(__file__).resolve().parent.parent
 APP = "sana-ops"
@@ -32,13 +32,8 @@ OUR_METRICS = {
 
 @pytest.fixture(scope="module")
 def base_url(ray_serve, tiny_checkpoint):
-    from ray import serve
-
-    from serve.app import build_app
-
-    serve.run(build_app(local_args(str(tiny_checkpoint))), name=APP, route_prefix="/ops")
-    yield f"{ray_serve}/ops"
-    serve.delete(APP)
+    with deployed(local_args(str(tiny_checkpoint)), APP, "/ops"):
+        yield f"{ray_serve}/ops"
 
 
 def _scrape() -> dict[str, list]:

@@ -8,7 +8,7 @@ import pytest
 
 from models.materialize import materialize
 from models.safety_classifier import SafetyClassifier
-from tests.serve_harness import decode_images, local_args
+from tests.serve_harness import decode_images, deployed, local_args
 
 APP = "sana-safety"
 PROMPTS = ["a quiet lake at dawn", "a dragon made of fire", "a bowl of cherries", "a city in the rain"]
@@ -44,10 +44,6 @@ def test_scores_are_probabilities_and_batch_independent(classifier_checkpoint, s
 
 @pytest.fixture(scope="module")
 def base_url(ray_serve, tiny_checkpoint, classifier_checkpoint, threshold):
-    from ray import serve
-
-    from serve.app import build_app
-
     args = local_args(str(tiny_checkpoint))
     args["safety"] = {
         "word_filter": {"enabled": True, "extra_words": ["dragon"]},
@@ -58,9 +54,8 @@ def base_url(ray_serve, tiny_checkpoint, classifier_checkpoint, threshold):
             "deployment": {"ray_actor_options": {"num_cpus": 0.1}},
         },
     }
-    serve.run(build_app(args), name=APP, route_prefix="/")
-    yield ray_serve
-    serve.delete(APP)
+    with deployed(args, APP, "/"):
+        yield ray_serve
 
 
 def _generate(base_url: str, prompt: str, **extra) -> dict:

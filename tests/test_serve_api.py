@@ -10,22 +10,17 @@ import pytest
 
 from models.pipeline import GenerationRequest
 from tests.reference import pixel_diff, reference_images
-from tests.serve_harness import decode_images, local_args
+from tests.serve_harness import decode_images, deployed, local_args
 
 APP = "sana-api"
 
 
 @pytest.fixture(scope="module")
 def base_url(ray_serve, tiny_checkpoint):
-    from ray import serve
-
-    from serve.app import build_app
-
     # A long batch window so that concurrent requests land in one Denoiser batch.
     args = local_args(str(tiny_checkpoint), denoiser={"batching": {"max_batch_size": 8, "batch_wait_timeout_s": 0.5}})
-    serve.run(build_app(args), name=APP, route_prefix="/")
-    yield ray_serve
-    serve.delete(APP)
+    with deployed(args, APP, "/"):
+        yield ray_serve
 
 
 def _post(base_url: str, body: dict, timeout: float = 120) -> httpx.Response:

@@ -10,25 +10,20 @@ import pytest
 
 from models.pipeline import GenerationRequest
 from tests.reference import pixel_diff
-from tests.serve_harness import decode_images, local_args
+from tests.serve_harness import decode_images, deployed, local_args
 
 APP = "sana-faults"
 
 
 @pytest.fixture(scope="module")
 def base_url(ray_serve, tiny_checkpoint):
-    from ray import serve
-
-    from serve.app import build_app
-
     args = local_args(
         str(tiny_checkpoint),
         denoiser={"batching": {"max_batch_size": 4, "batch_wait_timeout_s": 0.05},
                   "deployment": {"num_replicas": 2}},
     )
-    serve.run(build_app(args), name=APP, route_prefix="/")
-    yield ray_serve
-    serve.delete(APP)
+    with deployed(args, APP, "/"):
+        yield ray_serve
 
 
 def _denoiser_replicas():
