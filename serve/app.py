@@ -1,12 +1,11 @@
 """App builder: the `import_path` target (`serve.app:build_app`) for `serve run`/`serve deploy`.
 
-Reads everything from the application's `args`: one shared TextEncoder, one (Denoiser, Decoder)
-pair per route, and the Gateway that composes them. Each deployment's Ray options (replicas,
-autoscaling, resources, queue limits) come from the config's `deployment` mappings.
+Its argument is typed: Ray Serve validates the application's YAML `args` into an `AppConfig`
+before calling it. Builds one shared TextEncoder, one (Denoiser, Decoder) pair per route, and the
+Gateway that composes them; each deployment's Ray options come from the config.
 """
 
-from __future__ import annotations
-
+# No `from __future__ import annotations` here: Serve reads build_app's annotation as a class.
 from typing import Any
 
 from ray.serve import Application
@@ -20,28 +19,23 @@ def stage_deployment_name(kind: str, route: str) -> str:
     return f"{kind}-{route}"
 
 
-def build_from_config(config: AppConfig) -> Application:
+def build_app(args: AppConfig) -> Application:
+    """Serve's application builder entry point (also takes the raw `args` mapping)."""
+    config = args if isinstance(args, AppConfig) else parse_app_config(args)
     enc = config.text_encoder
-    text_encoder = TextEncoder.options(**enc.stage.deployment).bind(
-        enc.checkpoint, enc.stage, enc.cache_size, enc.device
-    )
+    text_encoder = TextEncoder.options(**enc.deployment).bind(enc.checkpoint, enc, enc.cache_size, enc.device)
     routes: dict[str, dict[str, Any]] = {}
-    for route in config.routes.values():
+    for name, route in config.routes.items():
         denoiser = Denoiser.options(
-            name=stage_deployment_name("Denoiser", route.name), **route.denoiser.deployment
-        ).bind(route.checkpoint, route.denoiser, route.name, route.device)
+            name=stage_deployment_name("Denoiser", name), **route.deployment(route.denoiser)
+        ).bind(route.checkpoint, route.denoiser, name, route.device)
         decoder = Decoder.options(
-            name=stage_deployment_name("Decoder", route.name), **route.decoder.deployment
+            name=stage_deployment_name("Decoder", name), **route.deployment(route.decoder)
         ).bind(route.checkpoint, route.decoder, route.tiling, route.device)
-        routes[route.name] = {"denoiser": denoiser, "decoder": decoder}
+        routes[name] = {"denoiser": denoiser, "decoder": decoder}
     classifier_config = config.safety.classifier
     classifier = (
-        SafetyClassifier.options(**classifier_config.stage.deployment).bind(classifier_config)
+        SafetyClassifier.options(**classifier_config.deployment).bind(classifier_config)
         if classifier_config.enabled else None
     )
     return Gateway.options(**config.gateway.deployment).bind(config, text_encoder, routes, classifier)
-
-
-def build_app(args: dict[str, Any]) -> Application:
-    """Serve's application builder entry point."""
-    return build_from_config(parse_app_config(args))

@@ -24,7 +24,7 @@ def key_digest(key: str) -> str:
 def configured_digests(config: AuthConfig) -> tuple[str, ...]:
     from_env = os.environ.get(config.key_hashes_env, "")
     extra = tuple(d.strip().lower() for d in from_env.split(",") if d.strip())
-    return config.key_hashes + extra
+    return tuple(config.key_hashes) + extra
 
 
 @dataclass

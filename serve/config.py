@@ -1,433 +1,327 @@
-"""Application configuration: the `args` of the Serve application, parsed and checked once.
+"""Application configuration: the `args` of the Serve application, declared as pydantic models.
 
 Everything about routes, checkpoints, replicas, batching and limits lives in YAML
-(`serve_config.yaml`, `deploy/local.yaml`); this module turns it into typed objects and refuses
-bad configs with a message naming the key, before anything is deployed.
+(`serve_config.yaml`, `deploy/local.yaml`). `AppConfig` is the app builder's typed argument: Ray
+Serve validates the YAML `args` with it, and `parse_app_config` does the same for `sana-serve run`
+and the tests, turning pydantic's errors into a `ConfigError` that names the YAML path
+(`routes.tiny-1024.denoiser.batching.max_batch_size: ...`) before anything is deployed.
+
+One model per concern; every field has a type, a range where one makes sense, and a docstring
+that is also its description in the JSON schema (`AppConfig.model_json_schema()`).
 """
 
 from __future__ import annotations
 
+import inspect
 import os
-from dataclasses import dataclass, field
+from functools import cache
 from pathlib import Path
-from typing import Any
+from typing import Annotated, Any
 
 import yaml
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 MATERIALIZED_PREFIX = "materialized:"
 DEFAULT_LOCAL_CONFIG = Path(__file__).resolve().parent.parent / "deploy" / "local.yaml"
+
+_DEVICE = r"^(cpu|cuda(:[0-9]+)?)$"
 
 
 class ConfigError(ValueError):
     """A configuration that cannot be served; the message names the offending key."""
 
 
-@dataclass(frozen=True)
-class Batching:
-    max_batch_size: int = 4
-    batch_wait_timeout_s: float = 0.01
+class _Section(BaseModel):
+    # Strict: YAML's "8" is not 8 and `true` is not 1; unknown keys are mistakes, not extensions.
+    model_config = ConfigDict(extra="forbid", frozen=True, strict=True, use_attribute_docstrings=True)
 
 
-@dataclass(frozen=True)
-class StageConfig:
+@cache
+def _deployment_options() -> frozenset[str]:
+    from ray.serve.deployment import Deployment
+
+    return frozenset(inspect.signature(Deployment.options).parameters) - {"self", "func_or_class", "_internal"}
+
+
+def _known_deployment_options(value: dict[str, Any]) -> dict[str, Any]:
+    # What `Deployment.options()` takes: a key it would reject at build time is refused at parse time.
+    unknown = sorted(set(value) - _deployment_options())
+    if unknown:
+        raise ValueError(f"unknown Ray Serve deployment option(s) {', '.join(unknown)}")
+    return value
+
+
+DeploymentOptions = Annotated[dict[str, Any], AfterValidator(_known_deployment_options)]
+
+
+class Batching(_Section):
+    max_batch_size: int = Field(4, ge=1)
+    """Most items one batch holds: prompts for the text encoder, images for the Denoiser."""
+    batch_wait_timeout_s: float = Field(0.01, ge=0)
+    """How long a batch waits for more items before it runs."""
+
+
+class StageConfig(_Section):
     """One stage deployment: Ray options (replicas, resources, autoscaling...) and batching."""
 
-    deployment: dict[str, Any] = field(default_factory=dict)
+    deployment: DeploymentOptions = {}
+    """Ray Serve deployment options, passed through: num_replicas, max_ongoing_requests,
+    max_queued_requests, ray_actor_options, autoscaling_config..."""
     batching: Batching = Batching()
-    # torch intra-op threads in each replica. Ray caps fractional-CPU replicas at 1 thread; CPU
-    # float32 results are bit-identical only between runs with the same thread count.
-    torch_threads: int | None = None
+    """Dynamic batching of concurrent calls (applied when a replica starts)."""
+    torch_threads: int | None = Field(None, ge=1)
+    """torch intra-op threads in each replica. Ray caps fractional-CPU replicas at 1 thread; CPU
+    float32 results are bit-identical only between runs with the same thread count."""
 
 
-@dataclass(frozen=True)
-class TilingSettings:
-    above: int = 2048
-    tile: int = 1024
-    stride: int = 896
+class TilingSettings(_Section):
+    above: int = Field(2048, ge=1)
+    """Outputs larger than this on a side decode in tiles."""
+    tile: int = Field(1024, ge=32)
+    """Tile side in pixels."""
+    stride: int = Field(896, ge=32)
+    """Distance between tile origins; tile - stride pixels are blended linearly."""
+
+    @model_validator(mode="after")
+    def _stride_within_tile(self) -> TilingSettings:
+        if self.stride > self.tile:
+            raise ValueError(f"stride ({self.stride}) must not exceed tile ({self.tile})")
+        return self
 
 
-@dataclass(frozen=True)
-class Route:
+class Placement(_Section):
+    """Where a route's Denoiser and Decoder may run, merged into both stages' ray_actor_options.
+    A node advertises `large_memory: 1`; replicas ask for a sliver ({large_memory: 0.01}) so that
+    one node can host both stages and several replicas."""
+
+    resources: dict[str, float] = {}
+    """Custom resources each replica asks for (positive amounts)."""
+    label_selector: dict[str, str] = {}
+    """Node labels a replica's node must carry."""
+
+    @field_validator("resources")
+    @classmethod
+    def _positive(cls, value: dict[str, float]) -> dict[str, float]:
+        if any(amount <= 0 for amount in value.values()):
+            raise ValueError("amounts must be positive numbers")
+        return value
+
+
+class Route(_Section):
     """One (Denoiser, Decoder) pair serving one checkpoint."""
 
-    name: str
-    checkpoint: str
-    denoiser: StageConfig
-    decoder: StageConfig
-    tiling: TilingSettings
-    device: str | None = None
+    checkpoint: str = Field(min_length=1)
+    """A folder, a Hugging Face repo id, or materialized:ARCH."""
+    denoiser: StageConfig = StageConfig()
+    decoder: StageConfig = StageConfig()
+    tiling: TilingSettings = TilingSettings()
+    device: str | None = Field(None, pattern=_DEVICE)
+    """cpu, cuda or cuda:N; default: cuda when present."""
     description: str = ""
-    max_images: int | None = None  # per-request n limit on this route; default: gateway.limits.max_images
-    max_side: int | None = None  # largest side this route serves; default: gateway.limits.max_side
-    # Where its Denoiser and Decoder may run: custom resources and/or node labels, merged into both
-    # stages' ray_actor_options. A node advertises `large_memory: 1`; replicas ask for a sliver
-    # ({large_memory: 0.01}) so that one node can host both stages and several replicas.
-    placement: dict[str, Any] = field(default_factory=dict)
-    # How long a request may wait for this route to have capacity (a replica placed and a free slot)
-    # before it gets 503 + Retry-After. None: wait as long as the stage queues allow.
-    capacity_wait_s: float | None = None
+    max_images: int | None = Field(None, ge=1)
+    """Per-request n limit on this route; default: gateway.limits.max_images."""
+    max_side: int | None = Field(None, ge=1)
+    """Largest side this route serves; default: gateway.limits.max_side."""
+    placement: Placement = Placement()
+    capacity_wait_s: float | None = Field(None, ge=0)
+    """How long a request may wait for this route to have capacity (a replica placed and a free
+    slot) before it gets 503 + Retry-After. None: wait as long as the stage queues allow."""
+
+    def deployment(self, stage: StageConfig) -> dict[str, Any]:
+        """`stage`'s deployment options with this route's placement merged into ray_actor_options."""
+        deployment = dict(stage.deployment)
+        options = dict(deployment.get("ray_actor_options") or {})
+        if self.placement.resources:
+            options["resources"] = {**(options.get("resources") or {}), **self.placement.resources}
+        if self.placement.label_selector:
+            options["label_selector"] = {**(options.get("label_selector") or {}), **self.placement.label_selector}
+        if options:
+            deployment["ray_actor_options"] = options
+        return deployment
 
 
-@dataclass(frozen=True)
-class Limits:
-    max_prompt_chars: int = 2000
-    max_images: int = 4
-    min_side: int = 64
-    max_side: int = 4096
-    max_aspect_ratio: float = 4.0
-    max_steps: int = 50
-    max_guidance: float = 20.0
-    max_body_bytes: int = 65536
+class Limits(_Section):
+    """What one request may ask for; the request schema published at /openapi.json comes from here."""
+
+    max_prompt_chars: int = Field(2000, ge=1)
+    max_images: int = Field(4, ge=1)
+    """n per request (a route may lower it)."""
+    min_side: int = Field(64, ge=1)
+    max_side: int = Field(4096, ge=1)
+    max_aspect_ratio: float = Field(4.0, ge=1)
+    max_steps: int = Field(50, ge=1)
+    max_guidance: float = Field(20.0, ge=0)
+    max_body_bytes: int = Field(65536, ge=256)
+
+    @model_validator(mode="after")
+    def _sides_in_order(self) -> Limits:
+        if self.min_side > self.max_side:
+            raise ValueError(f"min_side ({self.min_side}) is above max_side ({self.max_side})")
+        return self
 
 
-@dataclass(frozen=True)
-class GatewayConfig:
-    deployment: dict[str, Any] = field(default_factory=dict)
+class SizeRoute(_Section):
+    above: int = Field(ge=1)
+    """Requests whose larger side is above this many pixels..."""
+    route: str
+    """...go to this route (largest matching `above` wins)."""
+
+
+class GatewayConfig(_Section):
+    deployment: DeploymentOptions = {}
+    """Ray Serve options of the Gateway deployment."""
     limits: Limits = Limits()
-    stage_retries: int = 1  # extra attempts when a stage replica died mid-call
-    image_encode_threads: int = 4
-    # Generations in flight per gateway replica before new ones get 503 + Retry-After (0: no cap).
-    # Stage queues (max_queued_requests) shed load too; this cap answers before any stage work.
-    max_inflight: int = 0
-    # Requests without `model` whose larger side is above `above` go to `route` (largest match
-    # wins); the rest go to the default route.
-    size_routes: tuple[tuple[int, str], ...] = ()
+    stage_retries: int = Field(1, ge=0, le=5)
+    """Extra attempts when a stage replica died mid-call (stage calls are pure)."""
+    image_encode_threads: int = Field(4, ge=1)
+    """Threads that PNG/JPEG/WebP-encode results, off the event loop."""
+    max_inflight: int = Field(0, ge=0)
+    """Generations in flight per gateway replica before new ones get 503 + Retry-After (0: no
+    cap). Stage queues (max_queued_requests) shed load too; this cap answers before any stage work."""
+    size_routes: list[SizeRoute] = []
+    """Requests without `model` whose larger side is above `above` go to `route`; the rest go to
+    the default route."""
 
 
-@dataclass(frozen=True)
-class WordFilterConfig:
+class WordFilterConfig(_Section):
     enabled: bool = True
-    use_default_list: bool = True  # the list shipped in serve/blocklists/default.txt
-    extra_words: tuple[str, ...] = ()
-    extra_files: tuple[str, ...] = ()
+    use_default_list: bool = True
+    """The list shipped in serve/blocklists/default.txt."""
+    extra_words: list[str] = []
+    extra_files: list[str] = []
 
 
-@dataclass(frozen=True)
-class ClassifierConfig:
+class ClassifierConfig(StageConfig):
     """ShieldGemma: a prompt scoring above `threshold` is replaced by `replacement`."""
 
     enabled: bool = False
-    checkpoint: str = "google/shieldgemma-2b"
-    threshold: float = 0.2
-    replacement: str = "A red heart."
-    device: str | None = None
-    stage: StageConfig = StageConfig()
+    checkpoint: str = Field("google/shieldgemma-2b", min_length=1)
+    threshold: float = Field(0.2, ge=0, le=1)
+    replacement: str = Field("A red heart.", min_length=1)
+    device: str | None = Field(None, pattern=_DEVICE)
 
 
-@dataclass(frozen=True)
-class SafetyConfig:
+class SafetyConfig(_Section):
     word_filter: WordFilterConfig = WordFilterConfig()
     classifier: ClassifierConfig = ClassifierConfig()
 
 
-@dataclass(frozen=True)
-class AuthConfig:
+class AuthConfig(_Section):
     """Optional API keys. Keys are given only as SHA-256 hex digests, in config or an env variable."""
 
     enabled: bool = False
-    key_hashes: tuple[str, ...] = ()
-    key_hashes_env: str = "SANA_SERVE_API_KEY_HASHES"  # comma-separated digests, read at replica start
-    requests_per_minute: float = 0.0  # per key and gateway replica; 0 = unlimited
-    burst: int = 10
+    key_hashes: list[str] = []
+    """SHA-256 hex digests of the accepted keys (never the keys)."""
+    key_hashes_env: str = "SANA_SERVE_API_KEY_HASHES"
+    """Environment variable with more comma-separated digests, read at replica start."""
+    requests_per_minute: float = Field(0.0, ge=0)
+    """Per key and gateway replica; 0 = unlimited."""
+    burst: int = Field(10, ge=1)
+
+    @field_validator("key_hashes")
+    @classmethod
+    def _digests(cls, value: list[str]) -> list[str]:
+        if not all(len(d) == 64 and all(c in "0123456789abcdefABCDEF" for c in d) for d in value):
+            raise ValueError("must hold SHA-256 hex digests (64 hex characters), not keys")
+        return [d.lower() for d in value]
 
 
-@dataclass(frozen=True)
-class TextEncoderConfig:
-    checkpoint: str
-    stage: StageConfig
-    cache_size: int = 1024
-    device: str | None = None
+class TextEncoderConfig(StageConfig):
+    checkpoint: str = Field(min_length=1)
+    """Default: the default route's checkpoint."""
+    cache_size: int = Field(1024, ge=0)
+    """Prompt embeddings kept in each replica's LRU cache (0: no cache)."""
+    device: str | None = Field(None, pattern=_DEVICE)
 
 
-@dataclass(frozen=True)
-class AppConfig:
+class AppConfig(_Section):
+    """The application's `args`: one shared text encoder, routes, the gateway, safety and auth."""
+
     text_encoder: TextEncoderConfig
-    routes: dict[str, Route]
+    routes: dict[str, Route] = Field(min_length=1)
+    """Route id (the API's `model`) → its checkpoint and stages."""
     default_route: str
-    gateway: GatewayConfig
+    """Where requests without `model` go; default: the first route."""
+    gateway: GatewayConfig = GatewayConfig()
     safety: SafetyConfig = SafetyConfig()
     auth: AuthConfig = AuthConfig()
+
+    @model_validator(mode="before")
+    @classmethod
+    def _fill_defaults(cls, data: Any) -> Any:
+        # Defaults that come from other fields: the first route, and its checkpoint for the encoder.
+        if not isinstance(data, dict) or not isinstance(data.get("routes"), dict) or not data["routes"]:
+            return data
+        data = dict(data)
+        data.setdefault("default_route", next(iter(data["routes"])))
+        route = data["routes"].get(data["default_route"])
+        encoder = data.get("text_encoder") or {}
+        if isinstance(encoder, dict) and "checkpoint" not in encoder and isinstance(route, dict):
+            data["text_encoder"] = {**encoder, "checkpoint": route.get("checkpoint")}
+        return data
+
+    @model_validator(mode="after")
+    def _consistent(self) -> AppConfig:
+        if self.default_route not in self.routes:
+            raise ValueError(f"default_route {self.default_route!r} is not one of the routes ({', '.join(self.routes)})")
+        for index, rule in enumerate(self.gateway.size_routes):
+            if rule.route not in self.routes:
+                raise ValueError(f"gateway.size_routes[{index}].route {rule.route!r} is not one of the routes")
+        for name, route in self.routes.items():
+            batch, n = route.denoiser.batching.max_batch_size, self.max_images(name)
+            if batch < n:
+                # Denoiser batches count images: one request of n images must fit in one batch.
+                raise ValueError(f"routes.{name}.denoiser.batching.max_batch_size ({batch}) is below the {n} images"
+                                 " one request may ask for")
+        return self
 
     def max_side(self, route: str) -> int:
         limit = self.routes[route].max_side
         return self.gateway.limits.max_side if limit is None else min(limit, self.gateway.limits.max_side)
 
-    def route_for_size(self, width: int, height: int) -> str:
-        """The route a request without `model` goes to."""
-        chosen = self.default_route
-        for above, route in self.gateway.size_routes:
-            if max(width, height) > above:
-                chosen = route
-        return chosen
-
-    def custom_resources(self) -> dict[str, float]:
-        """Custom resources a single node must advertise to host every route: each one named in
-        a placement, as the usual node marker (1 unit; replicas ask for slivers of it)."""
-        return {name: 1.0 for route in self.routes.values() for name in route.placement.get("resources", {})}
-
     def max_images(self, route: str) -> int:
         limit = self.routes[route].max_images
         return self.gateway.limits.max_images if limit is None else limit
 
-    def with_default_checkpoint(self, checkpoint: str) -> "AppConfig":
+    def route_for_size(self, width: int, height: int) -> str:
+        """The route a request without `model` goes to."""
+        matches = [rule for rule in self.gateway.size_routes if max(width, height) > rule.above]
+        return max(matches, key=lambda rule: rule.above).route if matches else self.default_route
+
+    def custom_resources(self) -> dict[str, float]:
+        """Custom resources a single node must advertise to host every route: each one named in
+        a placement, as the usual node marker (1 unit; replicas ask for slivers of it)."""
+        return {name: 1.0 for route in self.routes.values() for name in route.placement.resources}
+
+    def with_default_checkpoint(self, checkpoint: str) -> AppConfig:
         """The same config with the default route (and the shared text encoder) on `checkpoint`."""
-        route = self.routes[self.default_route]
-        routes = {**self.routes, route.name: _replace(route, checkpoint=checkpoint)}
-        return _replace(self, routes=routes, text_encoder=_replace(self.text_encoder, checkpoint=checkpoint))
+        route = self.routes[self.default_route].model_copy(update={"checkpoint": checkpoint})
+        return self.model_copy(update={
+            "routes": {**self.routes, self.default_route: route},
+            "text_encoder": self.text_encoder.model_copy(update={"checkpoint": checkpoint}),
+        })
 
 
-def _replace(obj, **changes):
-    from dataclasses import replace
-
-    return replace(obj, **changes)
-
-
-def _section(raw: Any, where: str) -> dict[str, Any]:
-    if raw is None:
-        return {}
-    if not isinstance(raw, dict):
-        raise ConfigError(f"{where} must be a mapping")
-    return raw
+def parse_app_config(args: Any) -> AppConfig:
+    """The application's `args` mapping as an AppConfig; ConfigError naming each bad key."""
+    if args is None:
+        args = {}
+    try:
+        return AppConfig.model_validate(args)
+    except ValidationError as exc:
+        raise ConfigError("; ".join(_describe(error) for error in exc.errors())) from None
 
 
-def _typed(cls, raw: Any, where: str):
-    values = _section(raw, where)
-    known = set(cls.__dataclass_fields__)
-    _only(values, known, where)
-    defaults = cls()
-    for key, value in values.items():
-        expected = type(getattr(defaults, key))
-        if expected is float and isinstance(value, int) and not isinstance(value, bool):
-            value = float(value)
-        if not isinstance(value, expected) or isinstance(value, bool) != (expected is bool):
-            raise ConfigError(f"{where}.{key} must be {expected.__name__}, got {value!r}")
-        if isinstance(value, (int, float)) and value < 0:
-            raise ConfigError(f"{where}.{key} must not be negative")
-    return cls(**{**defaults.__dict__, **values})
-
-
-_STAGE_KEYS = {"deployment", "batching", "torch_threads"}
-
-
-def _stage(raw: Any, where: str) -> StageConfig:
-    values = _section(raw, where)
-    _only(values, _STAGE_KEYS, where)
-    batching = _typed(Batching, values.get("batching"), f"{where}.batching")
-    if batching.max_batch_size < 1:
-        raise ConfigError(f"{where}.batching.max_batch_size must be at least 1")
-    threads = values.get("torch_threads")
-    if threads is not None and (not isinstance(threads, int) or isinstance(threads, bool) or threads < 1):
-        raise ConfigError(f"{where}.torch_threads must be a positive integer")
-    return StageConfig(
-        deployment=dict(_section(values.get("deployment"), f"{where}.deployment")),
-        batching=batching,
-        torch_threads=threads,
-    )
-
-
-def _checkpoint(raw: Any, where: str) -> str:
-    if not isinstance(raw, str) or not raw:
-        raise ConfigError(f"{where}.checkpoint must be a folder, a Hub repo id or materialized:ARCH")
-    return raw
-
-
-def _route(name: str, raw: Any) -> Route:
-    where = f"routes.{name}"
-    values = _section(raw, where)
-    _only(values, {"checkpoint", "denoiser", "decoder", "tiling", "device", "description", "max_images", "max_side",
-                   "placement", "capacity_wait_s"}, where)
-    placement = _placement(values.get("placement"), f"{where}.placement")
-    max_side = values.get("max_side")
-    if max_side is not None and (isinstance(max_side, bool) or not isinstance(max_side, int) or max_side < 1):
-        raise ConfigError(f"{where}.max_side must be a positive integer")
-    wait = values.get("capacity_wait_s")
-    return Route(
-        name=name,
-        checkpoint=_checkpoint(values.get("checkpoint"), where),
-        denoiser=_placed(_stage(values.get("denoiser"), f"{where}.denoiser"), placement),
-        decoder=_placed(_stage(values.get("decoder"), f"{where}.decoder"), placement),
-        tiling=_typed(TilingSettings, values.get("tiling"), f"{where}.tiling"),
-        device=values.get("device"),
-        description=str(values.get("description", "")),
-        max_images=values.get("max_images"),
-        max_side=max_side,
-        placement=placement,
-        capacity_wait_s=None if wait is None else _number(wait, 0.0, f"{where}.capacity_wait_s"),
-    )
-
-
-def _placement(raw: Any, where: str) -> dict[str, Any]:
-    values = _section(raw, where)
-    _only(values, {"resources", "label_selector"}, where)
-    for key in values:
-        section = _section(values[key], f"{where}.{key}")
-        if key == "resources" and not all(
-            isinstance(v, (int, float)) and not isinstance(v, bool) and v > 0 for v in section.values()
-        ):
-            raise ConfigError(f"{where}.resources: amounts must be positive numbers")
-        if key == "label_selector" and not all(isinstance(v, str) for v in section.values()):
-            raise ConfigError(f"{where}.label_selector: values must be strings")
-    return {key: dict(values[key]) for key in values}
-
-
-def _placed(stage: StageConfig, placement: dict[str, Any]) -> StageConfig:
-    """The stage with the route's placement merged into its ray_actor_options."""
-    if not placement:
-        return stage
-    deployment = dict(stage.deployment)
-    options = dict(deployment.get("ray_actor_options") or {})
-    if "resources" in placement:
-        options["resources"] = {**(options.get("resources") or {}), **placement["resources"]}
-    if "label_selector" in placement:
-        options["label_selector"] = {**(options.get("label_selector") or {}), **placement["label_selector"]}
-    deployment["ray_actor_options"] = options
-    return _replace(stage, deployment=deployment)
-
-
-def parse_app_config(args: dict[str, Any]) -> AppConfig:
-    """Parse the application's `args` mapping."""
-    args = _section(args, "args")
-    _only(args, {"text_encoder", "routes", "default_route", "gateway", "safety", "auth"}, "args")
-    routes_raw = _section(args.get("routes"), "routes")
-    if not routes_raw:
-        raise ConfigError("routes: at least one route is required")
-    routes = {str(name): _route(str(name), raw) for name, raw in routes_raw.items()}
-    default_route = args.get("default_route", next(iter(routes)))
-    if default_route not in routes:
-        raise ConfigError(f"default_route {default_route!r} is not one of the routes ({', '.join(routes)})")
-    enc = _section(args.get("text_encoder"), "text_encoder")
-    _only(enc, _STAGE_KEYS | {"checkpoint", "cache_size", "device"}, "text_encoder")
-    text_encoder = TextEncoderConfig(
-        checkpoint=_checkpoint(enc.get("checkpoint", routes[default_route].checkpoint), "text_encoder"),
-        stage=_stage({k: enc[k] for k in _STAGE_KEYS if k in enc}, "text_encoder"),
-        cache_size=int(enc.get("cache_size", 1024)),
-        device=enc.get("device"),
-    )
-    gw = _section(args.get("gateway"), "gateway")
-    _only(gw, {"deployment", "limits", "stage_retries", "image_encode_threads", "max_inflight", "size_routes"},
-          "gateway")
-    gateway = GatewayConfig(
-        deployment=dict(_section(gw.get("deployment"), "gateway.deployment")),
-        limits=_typed(Limits, gw.get("limits"), "gateway.limits"),
-        stage_retries=int(_number(gw.get("stage_retries"), 1, "gateway.stage_retries", 0, 5)),
-        image_encode_threads=int(_number(gw.get("image_encode_threads"), 4, "gateway.image_encode_threads", 1)),
-        max_inflight=int(_number(gw.get("max_inflight"), 0, "gateway.max_inflight")),
-        size_routes=_size_routes(gw.get("size_routes"), routes),
-    )
-    config = AppConfig(
-        text_encoder=text_encoder,
-        routes=routes,
-        default_route=default_route,
-        gateway=gateway,
-        safety=_safety(args.get("safety")),
-        auth=_auth(args.get("auth")),
-    )
-    for route in routes.values():
-        n = config.max_images(route.name)
-        if not isinstance(n, int) or isinstance(n, bool) or n < 1:
-            raise ConfigError(f"routes.{route.name}.max_images must be a positive integer")
-        if route.denoiser.batching.max_batch_size < n:
-            # Denoiser batches count images: one request of n images must fit in one batch.
-            raise ConfigError(
-                f"routes.{route.name}.denoiser.batching.max_batch_size ({route.denoiser.batching.max_batch_size})"
-                f" is below the {n} images one request may ask for"
-            )
-    return config
-
-
-def _strings(raw: Any, where: str) -> tuple[str, ...]:
-    if raw is None:
-        return ()
-    if not isinstance(raw, list) or not all(isinstance(item, str) for item in raw):
-        raise ConfigError(f"{where} must be a list of strings")
-    return tuple(raw)
-
-
-def _flag(raw: Any, default: bool, where: str) -> bool:
-    if raw is None:
-        return default
-    if not isinstance(raw, bool):
-        raise ConfigError(f"{where} must be true or false")
-    return raw
-
-
-def _number(raw: Any, default: float, where: str, low: float = 0.0, high: float = float("inf")) -> float:
-    if raw is None:
-        return default
-    if isinstance(raw, bool) or not isinstance(raw, (int, float)) or not low <= raw <= high:
-        raise ConfigError(f"{where} must be a number in [{low}, {high}]")
-    return float(raw)
-
-
-def _size_routes(raw: Any, routes: dict[str, Route]) -> tuple[tuple[int, str], ...]:
-    if raw is None:
-        return ()
-    if not isinstance(raw, list):
-        raise ConfigError("gateway.size_routes must be a list of {above: PIXELS, route: NAME}")
-    rules = []
-    for index, rule in enumerate(raw):
-        where = f"gateway.size_routes[{index}]"
-        values = _section(rule, where)
-        _only(values, {"above", "route"}, where)
-        above = values.get("above")
-        if isinstance(above, bool) or not isinstance(above, int) or above < 1:
-            raise ConfigError(f"{where}.above must be a positive integer")
-        if values.get("route") not in routes:
-            raise ConfigError(f"{where}.route {values.get('route')!r} is not one of the routes")
-        rules.append((above, values["route"]))
-    return tuple(sorted(rules))
-
-
-def _safety(raw: Any) -> SafetyConfig:
-    values = _section(raw, "safety")
-    _only(values, {"word_filter", "classifier"}, "safety")
-    words = _section(values.get("word_filter"), "safety.word_filter")
-    _only(words, {"enabled", "use_default_list", "extra_words", "extra_files"}, "safety.word_filter")
-    word_filter = WordFilterConfig(
-        enabled=_flag(words.get("enabled"), True, "safety.word_filter.enabled"),
-        use_default_list=_flag(words.get("use_default_list"), True, "safety.word_filter.use_default_list"),
-        extra_words=_strings(words.get("extra_words"), "safety.word_filter.extra_words"),
-        extra_files=_strings(words.get("extra_files"), "safety.word_filter.extra_files"),
-    )
-    cls = _section(values.get("classifier"), "safety.classifier")
-    _only(cls, _STAGE_KEYS | {"enabled", "checkpoint", "threshold", "replacement", "device"}, "safety.classifier")
-    defaults = ClassifierConfig()
-    classifier = ClassifierConfig(
-        enabled=_flag(cls.get("enabled"), False, "safety.classifier.enabled"),
-        checkpoint=_checkpoint(cls.get("checkpoint", defaults.checkpoint), "safety.classifier"),
-        threshold=_number(cls.get("threshold"), defaults.threshold, "safety.classifier.threshold", 0.0, 1.0),
-        replacement=str(cls.get("replacement", defaults.replacement)),
-        device=cls.get("device"),
-        stage=_stage({k: cls[k] for k in _STAGE_KEYS if k in cls}, "safety.classifier"),
-    )
-    return SafetyConfig(word_filter=word_filter, classifier=classifier)
-
-
-def _auth(raw: Any) -> AuthConfig:
-    values = _section(raw, "auth")
-    _only(values, {"enabled", "key_hashes", "key_hashes_env", "requests_per_minute", "burst"}, "auth")
-    hashes = _strings(values.get("key_hashes"), "auth.key_hashes")
-    for digest in hashes:
-        if not _is_sha256(digest):
-            raise ConfigError("auth.key_hashes must hold SHA-256 hex digests (64 hex characters), not keys")
-    burst = _number(values.get("burst"), 10, "auth.burst", 1)
-    return AuthConfig(
-        enabled=_flag(values.get("enabled"), False, "auth.enabled"),
-        key_hashes=tuple(h.lower() for h in hashes),
-        key_hashes_env=str(values.get("key_hashes_env", AuthConfig.key_hashes_env)),
-        requests_per_minute=_number(values.get("requests_per_minute"), 0.0, "auth.requests_per_minute"),
-        burst=int(burst),
-    )
-
-
-def _is_sha256(text: str) -> bool:
-    return len(text) == 64 and all(c in "0123456789abcdefABCDEF" for c in text)
-
-
-def _only(values: dict[str, Any], allowed: set[str], where: str) -> None:
-    unknown = sorted(set(values) - allowed)
-    if unknown:
-        raise ConfigError(f"{where}: unknown key(s) {', '.join(unknown)}; expected {', '.join(sorted(allowed))}")
+def _describe(error: dict[str, Any]) -> str:
+    path = ""
+    for part in error["loc"]:
+        path += f"[{part}]" if isinstance(part, int) else (f".{part}" if path else str(part))
+    message = error["msg"].removeprefix("Value error, ")
+    if error["type"] == "extra_forbidden":
+        message = "unknown key"
+    elif error["type"] not in ("value_error", "missing") and "input" in error:
+        message += f", got {error['input']!r}"
+    return f"{path}: {message}" if path else message
 
 
 def load_serve_config(path: str | os.PathLike[str]) -> dict[str, Any]:

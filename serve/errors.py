@@ -68,6 +68,13 @@ class StageFailed(ApiError):
     type = "service_unavailable_error"
 
 
+class Cancelled(ApiError):
+    """The caller cancelled the generation (or went away); nginx's 499 "client closed request"."""
+
+    status = 499
+    type = "cancelled_error"
+
+
 def error_response(error: ApiError, request_id: str | None = None) -> JSONResponse:
     body = {"error": {"message": error.message, "type": error.type, "param": error.param, "code": None}}
     headers = {}

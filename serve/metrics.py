@@ -9,6 +9,7 @@ per replica process.
 from __future__ import annotations
 
 from functools import cache
+from typing import Protocol
 
 from ray.serve.metrics import Counter, Histogram
 
@@ -76,7 +77,7 @@ def safety_replacements() -> Counter:
 def errors() -> Counter:
     return Counter(
         "sana_errors",
-        description="Failed image requests by error type and HTTP status.",
+        description="Failed API requests by error type and HTTP status.",
         tag_keys=("type", "status"),
     )
 
@@ -88,3 +89,44 @@ def embedding_cache() -> Counter:
         description="Text-embedding cache lookups by result (hit, miss).",
         tag_keys=("result",),
     )
+
+
+@cache
+def stage_retries() -> Counter:
+    return Counter(
+        "sana_stage_retries",
+        description="Stage calls retried after a replica died mid-call, by route.",
+        tag_keys=("route",),
+    )
+
+
+class GatewayMetrics(Protocol):
+    """What the gateway counts. The generation service and the HTTP layer report through this, so
+    unit tests can pass a recorder of their own and run without Ray."""
+
+    def request_done(self, route: str, timings: dict[str, float], images: int) -> None: ...
+
+    def request_failed(self, error_type: str, status: int) -> None: ...
+
+    def safety_replacement(self, layer: str) -> None: ...
+
+    def stage_retry(self, route: str) -> None: ...
+
+
+class ServeMetrics:
+    """GatewayMetrics on Ray Serve's metrics API (exported to Prometheus as ray_sana_*)."""
+
+    def request_done(self, route: str, timings: dict[str, float], images: int) -> None:
+        request_latency().observe(timings["total"], tags={"route": route})
+        for stage in STAGES:
+            stage_latency().observe(timings[stage], tags={"route": route, "stage": stage})
+        images_generated().inc(images, tags={"route": route})
+
+    def request_failed(self, error_type: str, status: int) -> None:
+        errors().inc(tags={"type": error_type, "status": str(status)})
+
+    def safety_replacement(self, layer: str) -> None:
+        safety_replacements().inc(tags={"layer": layer})
+
+    def stage_retry(self, route: str) -> None:
+        stage_retries().inc(tags={"route": route})

@@ -9,7 +9,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from serve.checkpoints import is_materialized, resolve_checkpoint
+from serve.checkpoint_specs import is_materialized, resolve_checkpoint
 from serve.config import (
     DEFAULT_LOCAL_CONFIG,
     AppConfig,
@@ -67,7 +67,7 @@ def run(options: RunOptions) -> int:
     import ray
     from ray import serve
 
-    from serve.app import build_from_config
+    from serve.app import build_app
 
     apps, http_options = load_applications(options)
     host = options.host or http_options.get("host", "127.0.0.1")
@@ -94,7 +94,7 @@ def run(options: RunOptions) -> int:
     try:
         serve.start(http_options={"host": host, "port": port})
         for app in apps:
-            serve.run(build_from_config(app.config), name=app.name, route_prefix=app.route_prefix)
+            serve.run(build_app(app.config), name=app.name, route_prefix=app.route_prefix)
         print(f"sana-serve is up: http://{host}:{port}/v1/images/generations (docs at /docs); Ctrl-C stops it",
               flush=True)
         _wait_for_signal()

@@ -2,7 +2,8 @@
 
 Each is small and does one job. Compute runs in a worker thread so the replica's event loop keeps
 accepting requests (and filling the next batch) while a batch runs. Batching parameters come from
-config and are applied when a replica starts.
+config and are applied when a replica starts (`@serve.batch` is left at its defaults here: the
+config's values replace them before the first call).
 """
 
 from __future__ import annotations
@@ -24,7 +25,7 @@ from models.safety_classifier import SafetyClassifier as SafetyClassifierStage
 from models.text_encoder import PromptEmbedding
 from models.text_encoder import TextEncoder as TextEncoderStage
 from serve import metrics
-from serve.checkpoints import resolve_checkpoint
+from serve.checkpoint_specs import resolve_checkpoint
 from serve.config import Batching, ClassifierConfig, StageConfig, TilingSettings
 from serve.payloads import DenoiseSpec, EncodedPrompt, Latents, Pixels, StageTiming
 
@@ -77,7 +78,7 @@ class TextEncoder:
     async def encode(self, prompt: str, with_instruction: bool) -> EncodedPrompt:
         return await self.encode_batch(prompt, with_instruction, time.perf_counter())
 
-    @serve.batch(max_batch_size=8, batch_wait_timeout_s=0.005)
+    @serve.batch
     async def encode_batch(
         self, prompts: list[str], with_instruction: list[bool], arrived: list[float]
     ) -> list[EncodedPrompt]:
@@ -107,7 +108,6 @@ class TextEncoder:
         return results
 
 
-
 def _to_cpu(embedding: PromptEmbedding) -> PromptEmbedding:
     # Embeddings cross process boundaries; CUDA tensors would pin them to this GPU.
     if embedding.embeds.device.type == "cpu":
@@ -132,7 +132,7 @@ class Denoiser:
     ) -> Latents:
         return await self.denoise_batch(spec, prompt, negative, time.perf_counter())
 
-    @serve.batch(max_batch_size=4, batch_wait_timeout_s=0.01, batch_size_fn=_images_in)
+    @serve.batch(batch_size_fn=_images_in)
     async def denoise_batch(
         self,
         specs: list[DenoiseSpec],
@@ -165,10 +165,12 @@ class Denoiser:
         prompt = PromptEmbedding(torch.zeros(300, width), torch.ones(300, dtype=torch.long))
         self._run([DenoiseJob(prompt, prompt, 0, 1, side, side, 1, 4.5)])
 
-    def describe(self) -> dict:
-        """Resolution class of this route's checkpoint (also a cheap capacity probe)."""
-        return {"resolution": resolution_for_sample_size(self.stage.sample_size)}
+    def resolution(self) -> int:
+        """Resolution class of this route's checkpoint (for configs that do not tell it)."""
+        return resolution_for_sample_size(self.stage.sample_size)
 
+    def ping(self) -> None:
+        """The gateway's capacity probe: answers as soon as this replica has a free slot."""
 
 
 @serve.deployment(name="Decoder", ray_actor_options={"num_cpus": 0}, max_ongoing_requests=16)
@@ -188,8 +190,8 @@ class Decoder:
         channels = self.stage.vae.config.latent_channels
         self.stage.decode(torch.zeros(1, channels, 32, 32), 1024, 1024)  # warm-up
 
-    def describe(self) -> dict:
-        return {"tiling": self.stage.tiling.__dict__}
+    def ping(self) -> None:
+        """The gateway's capacity probe: answers as soon as this replica has a free slot."""
 
     async def decode(self, latents: Latents, width: int, height: int) -> Pixels:
         started = time.perf_counter()
@@ -203,13 +205,13 @@ class SafetyClassifier:
     """ShieldGemma: P(prompt violates the policy), batched over concurrent requests."""
 
     def __init__(self, config: ClassifierConfig) -> None:
-        _set_threads(config.stage)
+        _set_threads(config)
         self.stage = SafetyClassifierStage.from_pretrained(resolve_checkpoint(config.checkpoint), device=config.device)
-        _configure_batching(self.score_batch, config.stage.batching)
+        _configure_batching(self.score_batch, config.batching)
 
     async def score(self, prompt: str) -> float:
         return await self.score_batch(prompt)
 
-    @serve.batch(max_batch_size=8, batch_wait_timeout_s=0.005)
+    @serve.batch
     async def score_batch(self, prompts: list[str]) -> list[float]:
         return await asyncio.to_thread(self.stage.scores, prompts)

@@ -50,7 +50,9 @@ def ray_serve():
     # One node that carries large_memory, as `sana-serve run` starts it, so 4K routes place here.
     ray.init(num_cpus=8, resources={"large_memory": 1}, include_dashboard=False, configure_logging=False,
              log_to_driver=os.environ.get("SANA_TEST_RAY_LOGS") == "1",
-             _metrics_export_port=int(os.environ["SANA_TEST_METRICS_PORT"]))
+             _metrics_export_port=int(os.environ["SANA_TEST_METRICS_PORT"]),
+             # Metrics reach the endpoint within a second (default 10 s): metric tests wait less.
+             _system_config={"metrics_report_interval_ms": 1000})
     serve.start(http_options={"host": "127.0.0.1", "port": port})
     yield f"http://127.0.0.1:{port}"
     serve.shutdown()

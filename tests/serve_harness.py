@@ -5,7 +5,9 @@ from __future__ import annotations
 import base64
 import copy
 import io
+import os
 import socket
+import time
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
@@ -78,3 +80,35 @@ def deployed(args: dict[str, Any], name: str, route_prefix: str = "/"):
         yield
     finally:
         serve.delete(name)
+
+
+def scrape_metrics() -> dict[str, list]:
+    """Samples on the test session's Ray metrics endpoint, by sample name."""
+    import httpx
+    from prometheus_client.parser import text_string_to_metric_families
+
+    text = httpx.get(f"http://127.0.0.1:{os.environ['SANA_TEST_METRICS_PORT']}/metrics", timeout=30).text
+    samples: dict[str, list] = {}
+    for family in text_string_to_metric_families(text):
+        for sample in family.samples:
+            samples.setdefault(sample.name, []).append(sample)
+    return samples
+
+
+def metric_value(samples: dict[str, list], name: str, app: str, **labels: str) -> float:
+    """Sum of `app`'s samples of `name` with these labels (other test apps share the endpoint)."""
+    labels = {"application": app, **labels}
+    return sum(s.value for s in samples.get(name, []) if all(s.labels.get(k) == v for k, v in labels.items()))
+
+
+def settled_metric(name: str, app: str, timeout_s: float = 60, **labels: str) -> float:
+    """The metric's value once Ray has exported everything counted so far: two scrapes a few
+    export intervals apart agree (the session's Ray exports every second)."""
+    deadline = time.monotonic() + timeout_s
+    previous = metric_value(scrape_metrics(), name, app, **labels)
+    while True:
+        time.sleep(2.5)
+        current = metric_value(scrape_metrics(), name, app, **labels)
+        if current == previous or time.monotonic() > deadline:
+            return current
+        previous = current

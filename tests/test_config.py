@@ -36,13 +36,15 @@ def test_production_config_uses_real_checkpoints_and_places_4k_on_large_memory()
     for route in config.routes.values():
         assert variant_for_repo(route.checkpoint) is not None, route.checkpoint
         for stage in (route.denoiser, route.decoder):
-            assert stage.deployment["ray_actor_options"]["num_gpus"] > 0
+            assert route.deployment(stage)["ray_actor_options"]["num_gpus"] > 0
     four_k = config.routes["sana-1600m-4k"]
     for stage in (four_k.denoiser, four_k.decoder):
-        assert stage.deployment["ray_actor_options"]["resources"] == {"large_memory": 0.01}
-        assert stage.deployment["ray_actor_options"]["label_selector"] == {"sana-serve/node-class": "large-memory"}
+        assert four_k.deployment(stage)["ray_actor_options"]["resources"] == {"large_memory": 0.01}
+        assert four_k.deployment(stage)["ray_actor_options"]["label_selector"] == {
+            "sana-serve/node-class": "large-memory"}
     for name in ("sana-1600m-1024", "sana-1600m-2k"):
-        assert "resources" not in config.routes[name].denoiser.deployment["ray_actor_options"]
+        route = config.routes[name]
+        assert "resources" not in route.deployment(route.denoiser)["ray_actor_options"]
     assert config.route_for_size(1024, 1024) == "sana-1600m-1024"
     assert config.route_for_size(2048, 1024) == "sana-1600m-2k"
     assert config.route_for_size(4096, 2048) == "sana-1600m-4k"
@@ -54,7 +56,7 @@ def test_local_config_is_cpu_only_with_fractional_cpus():
     raw = load_serve_config(CONFIGS[1])["applications"][0]["args"]
     config = parse_app_config(raw)
     assert config.text_encoder.checkpoint == "materialized:tiny"
-    deployments = [config.text_encoder.stage.deployment, config.gateway.deployment]
+    deployments = [config.text_encoder.deployment, config.gateway.deployment]
     for route in config.routes.values():
         deployments += [route.denoiser.deployment, route.decoder.deployment]
     for deployment in deployments:

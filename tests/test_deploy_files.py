@@ -31,10 +31,10 @@ def test_large_memory_group_matches_the_4k_route_placement():
     groups = {g["groupName"]: g for g in manifest["spec"]["rayClusterConfig"]["workerGroupSpecs"]}
     large = groups["large-memory-gpu"]["rayStartParams"]
     advertised = json.loads(json.loads(large["resources"]))  # KubeRay passes it quoted to `ray start`
-    for name, amount in placement["resources"].items():
+    for name, amount in placement.resources.items():
         assert advertised.get(name, 0) >= amount
     labels = dict(item.split("=", 1) for item in large["labels"].split(","))
-    assert labels == placement["label_selector"]
+    assert labels == placement.label_selector
     # The plain GPU group carries neither, so 4K work cannot land there.
     assert "resources" not in groups["gpu"]["rayStartParams"] and "labels" not in groups["gpu"]["rayStartParams"]
     for group in groups.values():

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import os
 import re
 import time
 from concurrent.futures import ThreadPoolExecutor
@@ -11,9 +10,8 @@ from pathlib import Path
 
 import httpx
 import pytest
-from prometheus_client.parser import text_string_to_metric_families
 
-from tests.serve_harness import deployed, local_args
+from tests.serve_harness import deployed, local_args, metric_value, scrape_metrics
 
 ROOT = Path(__file__).resolve().parent.parent
 APP = "sana-ops"
@@ -36,19 +34,8 @@ def base_url(ray_serve, tiny_checkpoint):
         yield f"{ray_serve}/ops"
 
 
-def _scrape() -> dict[str, list]:
-    text = httpx.get(f"http://127.0.0.1:{os.environ['SANA_TEST_METRICS_PORT']}/metrics", timeout=30).text
-    samples: dict[str, list] = {}
-    for family in text_string_to_metric_families(text):
-        for sample in family.samples:
-            samples.setdefault(sample.name, []).append(sample)
-    return samples
-
-
 def _value(samples, name: str, **labels) -> float:
-    """Sum of this app's samples of `name` with these labels (other test apps share the endpoint)."""
-    labels = {"application": APP, **labels}
-    return sum(s.value for s in samples.get(name, []) if all(s.labels.get(k) == v for k, v in labels.items()))
+    return metric_value(samples, name, APP, **labels)
 
 
 @pytest.fixture(scope="module")
@@ -65,7 +52,7 @@ def scraped(base_url) -> dict[str, list]:
     httpx.post(f"{base_url}{URL}", json={**bodies[0], "seed": 2, "n": 1}, timeout=120)
     deadline = time.monotonic() + 90
     while True:
-        samples = _scrape()
+        samples = scrape_metrics()
         if all(f"{name}_count" in samples or f"{name}_total" in samples for name in OUR_METRICS):
             if _value(samples, "ray_sana_images_generated_total", route="tiny-1024") >= 4:
                 return samples

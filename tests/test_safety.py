@@ -8,7 +8,7 @@ import pytest
 
 from models.materialize import materialize
 from models.safety_classifier import SafetyClassifier
-from tests.serve_harness import decode_images, deployed, local_args
+from tests.serve_harness import decode_images, deployed, local_args, settled_metric
 
 APP = "sana-safety"
 PROMPTS = ["a quiet lake at dawn", "a dragon made of fire", "a bowl of cherries", "a city in the rain"]
@@ -65,10 +65,10 @@ def _generate(base_url: str, prompt: str, **extra) -> dict:
     return response.json()
 
 
-def _counts():
-    from ray import serve
-
-    return serve.get_app_handle(APP).safety_counts.remote().result()
+def _counts() -> dict[str, float]:
+    """Prompts changed per safety layer, as the gateway's Prometheus counter reports them."""
+    return {layer: settled_metric("ray_sana_safety_replacements_total", APP, layer=layer)
+            for layer in ("word_filter", "classifier")}
 
 
 def test_classifier_replaces_only_prompts_above_the_threshold(base_url, scores, threshold):

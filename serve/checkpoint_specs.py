@@ -1,4 +1,5 @@
-"""Turn a configured checkpoint into something the stage loaders accept.
+"""Checkpoint specs from the config (a folder, a Hub repo id, or `materialized:ARCH`) turned into
+what the stage loaders of `models/checkpoint.py` accept, and what can be known of them unloaded.
 
 `materialized:ARCH` means "the offline checkpoint ARCH, materialized into the cache folder on first
 use". Materialization is deterministic, so every node of a cluster that builds its own copy gets the

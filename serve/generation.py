@@ -1,0 +1,366 @@
+"""The generation service: a validated request in, encoded images and their metadata out.
+
+A plain class with no HTTP in it, so the sync endpoint, streaming, jobs and the web page can all
+run a generation the same way. It talks to the stage deployments through handles (Ray Serve's
+DeploymentHandles in production, fakes in the unit tests) and raises only typed `ApiError`s.
+
+Orchestration passes each stage's DeploymentResponse straight into the next stage's call without
+awaiting it, so embeddings and latents move stage to stage through Ray's object store; only the
+final pixels come back here, and they are encoded in a thread pool, off the event loop.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections.abc import Awaitable, Callable
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from functools import wraps
+from typing import Any, TypeVar
+
+from models.binning import bin_size
+from models.pipeline import Defaults, GenerationRequest, ResolvedRequest, resolve_request
+from serve.checkpoint_specs import checkpoint_resolution
+from serve.config import AppConfig
+from serve.errors import ApiError, BadRequest, Cancelled, ModelNotFound, Overloaded, is_replica_failure, to_api_error
+from serve.images import encode_image
+from serve.logs import error_text, log_event
+from serve.metrics import GatewayMetrics
+from serve.payloads import DenoiseSpec, Pixels
+from serve.schemas import ImageGenerationRequest, Timings
+from serve.validation import NATIVE_SIZE, parse_size
+from serve.word_filter import WordFilter
+
+logger = logging.getLogger("sana_serve.generation")
+
+
+@dataclass(frozen=True)
+class RouteHandles:
+    denoiser: Any
+    decoder: Any
+
+
+@dataclass(frozen=True)
+class StageHandles:
+    """How the service reaches the stages: `handle.method.remote(...)` returns an awaitable
+    response that may be passed, unawaited, into the next call, and can be cancelled."""
+
+    text_encoder: Any
+    routes: dict[str, RouteHandles]
+    classifier: Any | None = None
+
+
+@dataclass(frozen=True)
+class GenerationEvent:
+    """A milestone of one generation, for progress reporting (streaming and jobs build on these)."""
+
+    kind: str  # routed, encoding, denoising, encoding_images, done
+    request_id: str
+    elapsed_ms: float
+    detail: dict[str, Any] = field(default_factory=dict)
+
+
+EventCallback = Callable[[GenerationEvent], None]
+
+
+@dataclass(frozen=True)
+class GenerationResult:
+    images: list[bytes]  # encoded in `output_format`
+    output_format: str
+    revised_prompt: str  # the prompt as generated, after the safety layers
+    route: str
+    width: int
+    height: int
+    seed: int
+    timings: Timings
+    batch_size: int  # images in the denoiser batch this request ran in
+    nodes: dict[str, str]  # stage → node that ran it
+
+
+@dataclass(frozen=True)
+class ModelInfo:
+    route: str
+    resolution: int
+    default: bool
+
+
+class _Progress:
+    """Emits events and honours cancellation for one generation."""
+
+    def __init__(self, request_id: str, started: float, on_event: EventCallback | None,
+                 cancel: asyncio.Event | None) -> None:
+        self.request_id, self.started, self.on_event, self.cancel = request_id, started, on_event, cancel
+
+    def emit(self, kind: str, **detail: Any) -> None:
+        self.check()
+        if self.on_event is not None:
+            elapsed = round((time.perf_counter() - self.started) * 1000, 3)
+            self.on_event(GenerationEvent(kind, self.request_id, elapsed, detail))
+
+    def check(self) -> None:
+        if self.cancel is not None and self.cancel.is_set():
+            raise Cancelled("the generation was cancelled")
+
+    async def result(self, response: Awaitable[Any]) -> Any:
+        """`await response`, unless cancellation comes first: then the stage call is cancelled too."""
+        if self.cancel is None:
+            return await response
+        call = asyncio.ensure_future(response)
+        cancelled = asyncio.ensure_future(self.cancel.wait())
+        try:
+            await asyncio.wait({call, cancelled}, return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            cancelled.cancel()
+        if not call.done():
+            call.cancel()
+            _cancel(response)
+            raise Cancelled("the generation was cancelled")
+        return call.result()
+
+
+def _cancel(response: Any) -> None:
+    cancel = getattr(response, "cancel", None)
+    if cancel is not None:
+        cancel()
+
+
+_Method = TypeVar("_Method", bound=Callable[..., Awaitable[Any]])
+
+
+def _typed_errors(method: _Method) -> _Method:
+    """The service's callers see ApiErrors only: a stage's or Ray's exception is mapped here."""
+
+    @wraps(method)
+    async def wrapper(*args: Any, **kwargs: Any) -> Any:
+        try:
+            return await method(*args, **kwargs)
+        except ApiError:
+            raise
+        except Exception as exc:  # noqa: BLE001
+            raise to_api_error(exc) from exc
+
+    return wrapper  # type: ignore[return-value]
+
+
+class GenerationService:
+    """Route → capacity → safety → resolve → stages (with retry) → encode, for one request."""
+
+    def __init__(self, config: AppConfig, stages: StageHandles, metrics: GatewayMetrics) -> None:
+        self.config = config
+        self.stages = stages
+        self.metrics = metrics
+        words = config.safety.word_filter
+        self.word_filter = (
+            WordFilter.from_lists(words.use_default_list, words.extra_words, list(words.extra_files))
+            if words.enabled else None
+        )
+        self.defaults = Defaults()
+        self._resolutions: dict[str, int] = {}
+        self._encode_pool = ThreadPoolExecutor(config.gateway.image_encode_threads, thread_name_prefix="image-encode")
+
+    @_typed_errors
+    async def generate(
+        self,
+        request: ImageGenerationRequest,
+        *,
+        request_id: str,
+        received_at: float | None = None,
+        on_event: EventCallback | None = None,
+        cancel: asyncio.Event | None = None,
+    ) -> GenerationResult:
+        """Run one validated request. `on_event` hears each milestone; setting `cancel` stops the
+        generation (and its in-flight stage call) with `Cancelled`."""
+        started = time.perf_counter() if received_at is None else received_at
+        progress = _Progress(request_id, started, on_event, cancel)
+        return await self._generate(request, request_id, started, progress)
+
+    async def _generate(self, request: ImageGenerationRequest, request_id: str, started: float,
+                        progress: _Progress) -> GenerationResult:
+        # 1. Route and size; n within the route's limit.
+        route, width, height = await self.pick_route(request)
+        max_images = self.config.max_images(route)
+        if not 1 <= request.n <= max_images:
+            raise BadRequest(f"n must be in [1, {max_images}] on route {route}", "n")
+        resolution = await self.resolution(route)
+        progress.emit("routed", route=route, size=f"{width}x{height}")
+
+        # 2. Capacity: a route that cannot take work within its wait answers 503 now, not later.
+        await self.ensure_capacity(route)
+
+        # 3. Safety, first layer: blocklisted words become ❤️ (the classifier runs in step 5).
+        prompt, negative = await self._filter_words(request.prompt, request.negative_prompt)
+
+        # 4. Defaults, seed, and the aspect-ratio bin the image is generated at.
+        resolved = resolve_request(
+            GenerationRequest(
+                prompt=prompt,
+                negative_prompt=negative,
+                width=width,
+                height=height,
+                num_images=request.n,
+                steps=request.num_inference_steps,
+                guidance_scale=request.guidance_scale,
+                seed=request.seed,
+            ),
+            resolution,
+            self.defaults,
+        )
+        bin_wh = bin_size(width, height, resolution)
+
+        # 5. Stages: (classifier ∥ encode) → denoise → decode, retried if a replica dies mid-call.
+        pixels, revised_prompt = await self._run_stages(route, resolved, bin_wh, progress)
+
+        # 6. Encode images off the event loop.
+        progress.emit("encoding_images")
+        encode_started = time.perf_counter()
+        images = await self._encode_images(pixels, request.output_format)
+        image_encode_ms = (time.perf_counter() - encode_started) * 1000
+
+        # 7. Timings, metrics, log.
+        timings = _timings(pixels, image_encode_ms, (time.perf_counter() - started) * 1000)
+        self.metrics.request_done(route, timings.model_dump(), resolved.num_images)
+        log_event(logger, "request_done", request_id=request_id, route=route, n=resolved.num_images,
+                  size=f"{width}x{height}", seed=resolved.seed, timings_ms=timings.model_dump())
+        progress.emit("done", timings_ms=timings.model_dump())
+        return GenerationResult(
+            images=images,
+            output_format=request.output_format,
+            revised_prompt=revised_prompt,
+            route=route,
+            width=width,
+            height=height,
+            seed=resolved.seed,
+            timings=timings,
+            batch_size=pixels.timings["denoise"].batch_size,
+            nodes={name: timing.node for name, timing in pixels.timings.items()},
+        )
+
+    # --- routes -------------------------------------------------------------------------------
+
+    async def resolution(self, route: str) -> int:
+        """The route's resolution class: from the config when it tells (so listing routes never
+        waits on a route with no replica yet, like a 4K route before its node joins), else asked
+        of the route's Denoiser once."""
+        if route not in self._resolutions:
+            known = checkpoint_resolution(self.config.routes[route].checkpoint)
+            if known is None:
+                known = await self.stages.routes[route].denoiser.resolution.remote()
+            self._resolutions[route] = known
+        return self._resolutions[route]
+
+    @_typed_errors
+    async def models(self) -> list[ModelInfo]:
+        return [ModelInfo(name, await self.resolution(name), name == self.config.default_route)
+                for name in self.config.routes]
+
+    async def pick_route(self, request: ImageGenerationRequest) -> tuple[str, int, int]:
+        """(route, width, height): the request's `model`, else the route its size calls for."""
+        if request.model is not None and request.model not in self.config.routes:
+            raise ModelNotFound(f"model {request.model!r} does not exist; GET /v1/models lists the routes", "model")
+        if request.size is None or request.size == NATIVE_SIZE:
+            route = request.model or self.config.default_route
+            resolution = await self.resolution(route)
+            return route, resolution, resolution
+        width, height = parse_size(request.size)
+        route = request.model or self.config.route_for_size(width, height)
+        max_side = self.config.max_side(route)
+        if max(width, height) > max_side:
+            raise BadRequest(f"size {width}x{height} is larger than route {route} serves ({max_side} px a side)",
+                             "size")
+        return route, width, height
+
+    async def ensure_capacity(self, route: str) -> None:
+        """503 + Retry-After, not a hang, when the route cannot take work within its wait: no
+        replica placed (no large-memory node) or every replica busy. A quick call to each stage
+        stands in line like the request would."""
+        wait = self.config.routes[route].capacity_wait_s
+        if wait is None:
+            return
+        handles = self.stages.routes[route]
+        probes = [handles.denoiser.ping.remote(), handles.decoder.ping.remote()]
+        try:
+            await asyncio.wait_for(asyncio.gather(*probes), timeout=wait)
+        except asyncio.TimeoutError:
+            for probe in probes:
+                _cancel(probe)
+            raise Overloaded(f"route {route} has no free capacity right now", retry_after_s=max(wait, 1.0)) from None
+
+    # --- safety -------------------------------------------------------------------------------
+
+    async def _filter_words(self, prompt: str, negative: str) -> tuple[str, str]:
+        """Blocklisted words → ❤️ in both prompts (in a thread: long prompts take a while)."""
+        if self.word_filter is None:
+            return prompt, negative
+        (prompt, hits), (negative, negative_hits) = await asyncio.to_thread(
+            lambda: (self.word_filter.apply(prompt), self.word_filter.apply(negative))
+        )
+        if hits or negative_hits:
+            self.metrics.safety_replacement("word_filter")
+        return prompt, negative
+
+    async def _screen(self, prompt: str, progress: _Progress) -> tuple[str, Any]:
+        """(prompt to generate, its encoding). The classifier runs in parallel with the encoding of
+        the prompt, so a safe prompt costs no classifier latency in series; a flagged one is
+        replaced and re-encoded."""
+        encoded = self.stages.text_encoder.encode.remote(prompt, True)
+        if self.stages.classifier is None:
+            return prompt, encoded
+        settings = self.config.safety.classifier
+        score = await progress.result(self.stages.classifier.score.remote(prompt))
+        if score <= settings.threshold:
+            return prompt, encoded
+        self.metrics.safety_replacement("classifier")
+        _cancel(encoded)
+        return settings.replacement, self.stages.text_encoder.encode.remote(settings.replacement, True)
+
+    # --- stages -------------------------------------------------------------------------------
+
+    async def _run_stages(self, route: str, resolved: ResolvedRequest, bin_wh: tuple[int, int],
+                          progress: _Progress) -> tuple[Pixels, str]:
+        handles = self.stages.routes[route]
+        spec = DenoiseSpec(
+            seed=resolved.seed,
+            num_images=resolved.num_images,
+            width=bin_wh[0],
+            height=bin_wh[1],
+            steps=resolved.steps,
+            guidance_scale=resolved.guidance_scale,
+        )
+        progress.emit("encoding")
+        prompt_text, prompt = await self._screen(resolved.prompt, progress)
+        retries_left = self.config.gateway.stage_retries
+        while True:
+            try:
+                # Not awaited in between: each response goes straight into the next call.
+                negative = (self.stages.text_encoder.encode.remote(resolved.negative_prompt, False)
+                            if resolved.uses_guidance else None)
+                latents = handles.denoiser.denoise.remote(spec, prompt, negative)
+                progress.emit("denoising", steps=resolved.steps)
+                pixels = await progress.result(handles.decoder.decode.remote(latents, resolved.width, resolved.height))
+                return pixels, prompt_text
+            except Exception as exc:  # noqa: BLE001
+                if retries_left <= 0 or not is_replica_failure(exc):
+                    raise
+                retries_left -= 1
+                self.metrics.stage_retry(route)
+                prompt = self.stages.text_encoder.encode.remote(prompt_text, True)
+                log_event(logger, "stage_retry", logging.WARNING, request_id=progress.request_id, route=route,
+                          error=error_text(exc))
+
+    async def _encode_images(self, pixels: Pixels, output_format: str) -> list[bytes]:
+        loop = asyncio.get_running_loop()
+        return list(await asyncio.gather(
+            *(loop.run_in_executor(self._encode_pool, encode_image, image, output_format) for image in pixels.images)
+        ))
+
+
+def _timings(pixels: Pixels, image_encode_ms: float, total_ms: float) -> Timings:
+    stage_ms = {name: pixels.timings[name].compute_ms for name in ("encode", "denoise", "decode")}
+    return Timings(
+        queue=round(max(0.0, total_ms - sum(stage_ms.values()) - image_encode_ms), 3),
+        image_encode=round(image_encode_ms, 3),
+        total=round(total_ms, 3),
+        **stage_ms,
+    )

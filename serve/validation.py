@@ -1,0 +1,131 @@
+"""Request validation, written once: the configured limits become one pydantic model.
+
+`RequestValidator` derives, from the base `ImageGenerationRequest` schema and the deployment's
+`Limits`, a model whose constraints are those limits. Validating a body and publishing the
+request's JSON schema (at /openapi.json) both use that model, so what clients are told and what
+the server checks cannot drift apart. Checks that depend on the route (its `max_side`, its
+`max_images`) happen in the generation service, once the route is known.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from typing import Annotated, Any
+
+from pydantic import Field, StrictFloat, StrictInt, StrictStr, ValidationError, create_model, field_validator
+
+from models.pipeline import MAX_SEED
+from serve.config import Limits
+from serve.errors import BadRequest, PayloadTooLarge
+from serve.schemas import ImageGenerationRequest
+
+SIZE = re.compile(r"^(\d{1,5})x(\d{1,5})$")
+SIZE_PATTERN = r"^[0-9]{1,5}x[0-9]{1,5}$"
+NATIVE_SIZE = "auto"  # OpenAI's spelling of "the model's own size"
+
+
+def parse_size(size: str) -> tuple[int, int]:
+    """(width, height) of a "WIDTHxHEIGHT" string the validator has accepted."""
+    match = SIZE.match(size)
+    if not match:
+        raise BadRequest(f'size must look like "1024x768" (WIDTHxHEIGHT), got {size!r}', "size")
+    return int(match[1]), int(match[2])
+
+
+def limited_request_model(limits: Limits, max_images: int) -> type[ImageGenerationRequest]:
+    """ImageGenerationRequest with `limits` (and the largest `n` any route takes) as constraints."""
+    base = ImageGenerationRequest.model_fields
+
+    def field(name: str, annotation: Any, **constraints: Any) -> tuple[Any, Any]:
+        return annotation, Field(base[name].default, description=base[name].description, **constraints)
+
+    def check_prompt(value: str) -> str:
+        if not value.strip():
+            raise ValueError("must not be empty")
+        return value
+
+    def check_size(value: str | None) -> str | None:
+        if value is None or value == NATIVE_SIZE:
+            return value
+        match = SIZE.match(value)
+        if not match:
+            raise ValueError(f'must look like "1024x768" (WIDTHxHEIGHT), got {value!r}')
+        width, height = int(match[1]), int(match[2])
+        if not all(limits.min_side <= side <= limits.max_side for side in (width, height)):
+            raise ValueError(f"each side must be in [{limits.min_side}, {limits.max_side}]")
+        if max(width, height) / min(width, height) > limits.max_aspect_ratio:
+            raise ValueError(f"aspect ratio above {limits.max_aspect_ratio}:1")
+        return value
+
+    text = limits.max_prompt_chars
+    return create_model(
+        "ImageGenerationRequest",
+        __base__=ImageGenerationRequest,
+        __validators__={
+            "prompt_not_blank": field_validator("prompt")(check_prompt),
+            "size_within_limits": field_validator("size")(check_size),
+        },
+        # Patterns that the validators above enforce with clearer messages are published as schema only.
+        prompt=field("prompt", StrictStr, min_length=1, max_length=text, json_schema_extra={"pattern": r"\S"}),
+        negative_prompt=field("negative_prompt", StrictStr, max_length=text),
+        n=field("n", StrictInt, ge=1, le=max_images),
+        size=field("size", Annotated[StrictStr, Field(json_schema_extra={"pattern": SIZE_PATTERN})] | None),
+        num_inference_steps=field("num_inference_steps", Annotated[StrictInt, Field(ge=1, le=limits.max_steps)] | None),
+        guidance_scale=field("guidance_scale", Annotated[StrictFloat, Field(ge=0, le=limits.max_guidance)] | None),
+        seed=field("seed", Annotated[StrictInt, Field(ge=0, le=MAX_SEED)] | None),
+    )
+
+
+class RequestValidator:
+    """Turns a request body into a validated ImageGenerationRequest, or a BadRequest naming the field."""
+
+    def __init__(self, limits: Limits, max_images: int) -> None:
+        self.limits = limits
+        self.model = limited_request_model(limits, max_images)
+
+    def json_schema(self) -> dict[str, Any]:
+        return self.model.model_json_schema()
+
+    def parse(self, raw: bytes) -> ImageGenerationRequest:
+        if len(raw) > self.limits.max_body_bytes:
+            raise PayloadTooLarge(f"request body is larger than {self.limits.max_body_bytes} bytes")
+        return self.validate(decode_json_object(raw))
+
+    def validate(self, data: dict[str, Any]) -> ImageGenerationRequest:
+        try:
+            return self.model.model_validate(data)
+        except ValidationError as exc:
+            raise _bad_request(exc) from None
+
+
+def decode_json_object(raw: bytes) -> dict[str, Any]:
+    """A JSON object from UTF-8 bytes; strict JSON (no NaN/Infinity), bounded nesting."""
+    try:
+        text = raw.decode("utf-8")
+    except UnicodeDecodeError:
+        raise BadRequest("request body is not valid UTF-8") from None
+    try:
+        data = json.loads(text, parse_constant=_reject_constant)
+    except RecursionError:
+        raise BadRequest("request body is nested too deeply") from None
+    except ValueError as exc:
+        raise BadRequest(f"request body is not valid JSON: {exc}") from None
+    if not isinstance(data, dict):
+        raise BadRequest("request body must be a JSON object")
+    return data
+
+
+def _reject_constant(name: str) -> float:
+    # json.loads accepts NaN and Infinity by default; JSON does not.
+    raise ValueError(f"{name} is not valid JSON")
+
+
+def _bad_request(exc: ValidationError) -> BadRequest:
+    first = exc.errors()[0]
+    loc = first.get("loc", ())
+    field = str(loc[0]) if loc else None  # the request's own field; deeper parts are type internals
+    message = first.get("msg", "invalid value").removeprefix("Value error, ")
+    if first.get("type") == "extra_forbidden":
+        message = "unknown field"
+    return BadRequest(f"{field}: {message}" if field else message, field)

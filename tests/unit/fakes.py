@@ -1,0 +1,197 @@
+"""Fake stage handles for the unit tier: the DeploymentHandle call shape without Ray.
+
+`handle.method.remote(*args)` starts the call at once and returns a response that can be awaited,
+passed unawaited into another call (the callee awaits it, as Ray resolves DeploymentResponse
+arguments), or cancelled. Every call is logged in order, so tests can check what ran and when.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+
+from serve.config import parse_app_config
+from serve.generation import RouteHandles, StageHandles
+from serve.payloads import Pixels, StageTiming
+
+
+class FakeResponse:
+    def __init__(self, run: Callable[..., Any], args: tuple[Any, ...]) -> None:
+        self.cancelled = False
+        self.task = asyncio.ensure_future(self._call(run, args))
+
+    @staticmethod
+    async def _call(run: Callable[..., Any], args: tuple[Any, ...]) -> Any:
+        resolved = [await arg if isinstance(arg, FakeResponse) else arg for arg in args]
+        result = run(*resolved)
+        return await result if asyncio.iscoroutine(result) else result
+
+    def __await__(self):
+        return self.task.__await__()
+
+    def cancel(self) -> None:
+        self.cancelled = True
+        self.task.cancel()
+
+
+class _Method:
+    def __init__(self, stage: "FakeStage", name: str) -> None:
+        self.stage, self.name = stage, name
+
+    def remote(self, *args: Any) -> FakeResponse:
+        self.stage.log.append((self.stage.kind, self.name, args))
+        response = FakeResponse(getattr(self.stage, f"do_{self.name}"), args)
+        self.stage.responses.append((self.name, response))
+        return response
+
+
+class FakeStage:
+    def __init__(self, kind: str, log: list) -> None:
+        self.kind, self.log, self.responses = kind, log, []
+
+    def __getattr__(self, name: str) -> _Method:
+        if name.startswith("_") or name in ("kind", "log", "responses"):
+            raise AttributeError(name)
+        return _Method(self, name)
+
+
+@dataclass(frozen=True)
+class Encoded:
+    prompt: str
+    with_instruction: bool
+
+
+@dataclass(frozen=True)
+class FakeLatents:
+    spec: Any
+    prompt: Encoded
+    negative: Encoded | None
+
+
+def _timing(ms: float, batch: int = 1, node: str = "node-a") -> StageTiming:
+    return StageTiming(wait_ms=0.0, compute_ms=ms, batch_size=batch, node=node)
+
+
+class FakeTextEncoder(FakeStage):
+    def do_encode(self, prompt: str, with_instruction: bool) -> Encoded:
+        return Encoded(prompt, with_instruction)
+
+
+class FakeDenoiser(FakeStage):
+    def __init__(self, kind: str, log: list) -> None:
+        super().__init__(kind, log)
+        self.failures: list[BaseException] = []  # raised by the next calls, one each
+        self.delay_s = 0.0
+        self.ping_delay_s = 0.0
+
+    async def do_denoise(self, spec, prompt: Encoded, negative: Encoded | None) -> FakeLatents:
+        if self.failures:
+            raise self.failures.pop(0)
+        await asyncio.sleep(self.delay_s)
+        return FakeLatents(spec, prompt, negative)
+
+    def do_resolution(self) -> int:
+        return 1024
+
+    async def do_ping(self) -> None:
+        await asyncio.sleep(self.ping_delay_s)
+
+
+class FakeDecoder(FakeStage):
+    def __init__(self, kind: str, log: list) -> None:
+        super().__init__(kind, log)
+        self.ping_delay_s = 0.0
+
+    def do_decode(self, latents: FakeLatents, width: int, height: int) -> Pixels:
+        n = latents.spec.num_images
+        images = np.full((n, height, width, 3), 128, dtype=np.uint8)
+        return Pixels(images, {"encode": _timing(3.0), "denoise": _timing(20.0, batch=n), "decode": _timing(5.0)})
+
+    async def do_ping(self) -> None:
+        await asyncio.sleep(self.ping_delay_s)
+
+
+class FakeClassifier(FakeStage):
+    def __init__(self, kind: str, log: list, scores: dict[str, float]) -> None:
+        super().__init__(kind, log)
+        self.scores = scores
+
+    async def do_score(self, prompt: str) -> float:
+        await asyncio.sleep(0.01)  # long enough that the encoding is seen to start first
+        return self.scores.get(prompt, 0.0)
+
+
+@dataclass
+class FakeStages:
+    log: list = field(default_factory=list)
+    routes: dict[str, tuple[FakeDenoiser, FakeDecoder]] = field(default_factory=dict)
+    text_encoder: FakeTextEncoder | None = None
+    classifier: FakeClassifier | None = None
+
+    def handles(self) -> StageHandles:
+        return StageHandles(
+            self.text_encoder,
+            {name: RouteHandles(denoiser, decoder) for name, (denoiser, decoder) in self.routes.items()},
+            self.classifier,
+        )
+
+    def calls(self, kind: str, method: str) -> list[tuple]:
+        return [args for k, m, args in self.log if (k, m) == (kind, method)]
+
+
+def fake_stages(route_names, scores: dict[str, float] | None = None) -> FakeStages:
+    stages = FakeStages()
+    stages.text_encoder = FakeTextEncoder("text_encoder", stages.log)
+    for name in route_names:
+        stages.routes[name] = (FakeDenoiser(f"denoiser:{name}", stages.log), FakeDecoder(f"decoder:{name}", stages.log))
+    if scores is not None:
+        stages.classifier = FakeClassifier("classifier", stages.log, scores)
+    return stages
+
+
+class RecordingMetrics:
+    """GatewayMetrics that remembers what it was told."""
+
+    def __init__(self) -> None:
+        self.done: list[tuple[str, dict, int]] = []
+        self.failed: list[tuple[str, int]] = []
+        self.replacements: list[str] = []
+        self.retries: list[str] = []
+
+    def request_done(self, route: str, timings: dict[str, float], images: int) -> None:
+        self.done.append((route, timings, images))
+
+    def request_failed(self, error_type: str, status: int) -> None:
+        self.failed.append((error_type, status))
+
+    def safety_replacement(self, layer: str) -> None:
+        self.replacements.append(layer)
+
+    def stage_retry(self, route: str) -> None:
+        self.retries.append(route)
+
+
+def app_config(**changes: Any):
+    """A two-route config (1K default, 4K above 2048 px) in the shape of deploy/local.yaml."""
+    args = {
+        "text_encoder": {"checkpoint": "materialized:tiny"},
+        "routes": {
+            "r1k": {"checkpoint": "materialized:tiny", "max_side": 2048,
+                    "denoiser": {"batching": {"max_batch_size": 8}}},
+            "r4k": {"checkpoint": "materialized:tiny-4k", "max_images": 1, "capacity_wait_s": 0.2},
+        },
+        "gateway": {"size_routes": [{"above": 2048, "route": "r4k"}], "image_encode_threads": 1,
+                    "limits": {"max_images": 4, "max_side": 4096}},
+        "safety": {"word_filter": {"enabled": True, "extra_words": ["dragon"]}},
+    }
+    for path, value in changes.items():
+        *parents, key = path.split("__")
+        target = args
+        for parent in parents:
+            target = target.setdefault(parent, {})
+        target[key] = value
+    return parse_app_config(args)

@@ -1,0 +1,130 @@
+"""The HTTP layer over the generation service with fake stages, through ASGI (no Ray, no socket):
+status codes, the JSON error shape, request ids, auth, admission, and errors counted and logged
+in one place."""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import json
+import logging
+
+import httpx
+import pytest
+
+from serve.api.app import build_api
+from serve.api.deps import ApiDeps
+from serve.auth import Authenticator, key_digest
+from serve.gateway import Admission
+from serve.generation import GenerationService
+from serve.validation import RequestValidator
+from tests.unit.fakes import RecordingMetrics, app_config, fake_stages
+
+KEY = "sk-unit-0123456789"
+URL = "/v1/images/generations"
+
+
+def _api(config=None, admission=None):
+    config = config or app_config()
+    stages = fake_stages(config.routes)
+    metrics = RecordingMetrics()
+    service = GenerationService(config, stages.handles(), metrics)
+    admission = admission or Admission(config.gateway.max_inflight)
+    deps = ApiDeps(service, RequestValidator(config.gateway.limits, 4), Authenticator(config.auth), admission.slot,
+                   metrics)
+    return build_api(deps), stages, metrics
+
+
+def _call(app, method: str, path: str, **kwargs) -> httpx.Response:
+    async def go():
+        async with httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://test") as client:
+            return await client.request(method, path, **kwargs)
+
+    return asyncio.run(go())
+
+
+def test_a_generation_answers_openai_shape_with_timings_and_request_id():
+    app, _, _ = _api()
+    response = _call(app, "POST", URL, json={"prompt": "a fox", "size": "64x64", "n": 2, "seed": 3},
+                     headers={"X-Request-Id": "abc"})
+    assert response.status_code == 200, response.text
+    payload = response.json()
+    assert payload["seed"] == 3 and payload["model"] == "r1k" and payload["size"] == "64x64"
+    assert [base64.b64decode(d["b64_json"])[:4] for d in payload["data"]] == [b"\x89PNG"] * 2
+    assert response.headers["x-request-id"] == "abc"
+    assert "denoise;dur=20.0" in response.headers["server-timing"]
+
+
+@pytest.mark.parametrize("body, headers, status, param", [
+    (b'{"prompt": "x", "size": "12x12"}', {}, 400, "size"),
+    (b'{"prompt": "x", "model": "nope"}', {}, 404, "model"),
+    (b'{"prompt": "x", "n": 5}', {}, 400, "n"),
+    (b'{"prompt": "x", "size": "4096x4096", "n": 2}', {}, 400, "n"),  # the 4K route's own limit
+    (b'{"prompt": "x", "colour": "red"}', {}, 400, "colour"),
+    (b'{"prompt": "x"', {}, 400, None),
+    (b'{"prompt": "x"}', {"content-type": "text/plain"}, 415, None),
+    (b'{"prompt": "' + b"x" * 70000 + b'"}', {}, 413, None),
+])
+def test_client_mistakes_are_4xx_json_naming_the_field_and_counted(body, headers, status, param):
+    app, stages, metrics = _api()
+    response = _call(app, "POST", URL, content=body, headers={"content-type": "application/json", **headers})
+    assert response.status_code == status
+    error = response.json()["error"]
+    assert error["param"] == param and error["message"] and error["type"] == "invalid_request_error"
+    assert response.headers["x-request-id"]
+    assert metrics.failed == [("invalid_request_error", status)]
+    assert not stages.calls("denoiser:r1k", "denoise")
+
+
+def test_unknown_paths_and_methods_are_json_errors_through_the_same_handler():
+    app, _, metrics = _api()
+    missing = _call(app, "GET", "/v1/nothing")
+    assert missing.status_code == 404 and missing.json()["error"]["type"] == "invalid_request_error"
+    wrong = _call(app, "GET", URL)
+    assert wrong.status_code == 405 and wrong.headers["allow"] == "POST"
+    assert metrics.failed == [("invalid_request_error", 404), ("invalid_request_error", 405)]
+
+
+def test_an_unexpected_error_is_a_500_without_internals_logged_with_the_request_id(caplog):
+    app, stages, metrics = _api()
+    stages.routes["r1k"][0].failures = [RuntimeError("secret internals")]
+    with caplog.at_level(logging.ERROR, logger="sana_serve.api"):
+        response = _call(app, "POST", URL, json={"prompt": "a fox", "size": "64x64"}, headers={"X-Request-Id": "r9"})
+    assert response.status_code == 500 and "secret" not in response.text
+    assert response.json()["error"]["type"] == "server_error"
+    logged = [json.loads(record.getMessage()) for record in caplog.records]
+    assert logged and logged[0]["request_id"] == "r9" and logged[0]["status"] == 500
+    assert "secret internals" in logged[0]["error"]  # the operator sees the cause, the client does not
+    assert metrics.failed == [("server_error", 500)]
+
+
+def test_api_keys_guard_generations_and_models_but_not_health():
+    app, _, _ = _api(app_config(auth={"enabled": True, "key_hashes": [key_digest(KEY)]}))
+    denied = _call(app, "POST", URL, json={"prompt": "a fox"})
+    assert denied.status_code == 401 and denied.headers["www-authenticate"] == "Bearer"
+    assert _call(app, "GET", "/v1/models").status_code == 401
+    models = _call(app, "GET", "/v1/models", headers={"Authorization": f"Bearer {KEY}"})
+    assert models.status_code == 200 and [m["id"] for m in models.json()["data"]] == ["r1k", "r4k"]
+    assert _call(app, "GET", "/healthz").json() == {"status": "ok", "routes": ["r1k", "r4k"]}
+
+
+def test_admission_cap_answers_503_with_retry_after_before_any_stage_work():
+    admission = Admission(1)
+    app, stages, _ = _api(app_config(gateway__max_inflight=1), admission)
+    with admission.slot():  # one generation already in flight
+        busy = _call(app, "POST", URL, json={"prompt": "a fox", "size": "64x64"})
+    assert busy.status_code == 503 and int(busy.headers["retry-after"]) >= 1
+    assert busy.json()["error"]["type"] == "overloaded_error" and not stages.log
+    assert _call(app, "POST", URL, json={"prompt": "a fox", "size": "64x64"}).status_code == 200
+    assert admission.inflight == 0
+
+
+def test_openapi_publishes_the_configured_limits():
+    app, _, _ = _api(app_config(gateway__limits={"max_steps": 7, "max_prompt_chars": 99, "max_images": 3}))
+    spec = _call(app, "GET", "/openapi.json").json()
+    schema = spec["paths"][URL]["post"]["requestBody"]["content"]["application/json"]["schema"]
+    properties = schema["properties"]
+    assert properties["prompt"]["maxLength"] == 99 and properties["n"]["maximum"] == 4
+    steps = next(b for b in properties["num_inference_steps"]["anyOf"] if b.get("type") == "integer")
+    assert steps["maximum"] == 7
+    assert _call(app, "GET", "/docs").status_code == 200
