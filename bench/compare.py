@@ -13,17 +13,13 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import copy
 import json
 import tempfile
 import time
 from pathlib import Path
 
-import yaml
-
 from bench.load import closed_loop, summarize, workload
-
-ROOT = Path(__file__).resolve().parent.parent
+from serve.local_app import free_port, local_app_args
 
 
 def _sequential(generate, requests: int, sizes: list[str], steps: int) -> dict:
@@ -69,31 +65,17 @@ def in_process_baseline(checkpoint: str, device: str, requests: int, sizes: list
     return _sequential(generate, requests, sizes, steps)
 
 
-def _free_port() -> int:
-    import socket
-
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
 def served(checkpoint: str, device: str, requests: int, sizes: list[str], steps: int, threads: int) -> dict:
     import ray
     from ray import serve
 
     from serve.app import build_app
 
-    args = copy.deepcopy(yaml.safe_load((ROOT / "deploy" / "local.yaml").read_text())["applications"][0]["args"])
-    args["routes"].pop("tiny-4k")
-    args["gateway"]["size_routes"] = []
-    args["text_encoder"].update(checkpoint=checkpoint, device=device, torch_threads=threads)
-    route = args["routes"]["tiny-1024"]
-    route.update(checkpoint=checkpoint, device=device)
-    route["denoiser"]["torch_threads"] = route["decoder"]["torch_threads"] = threads
-    deployment = route["denoiser"]["deployment"]
+    args = local_app_args(checkpoint, torch_threads=threads, device=device)
+    deployment = args["routes"]["tiny-1024"]["denoiser"]["deployment"]
     deployment.pop("autoscaling_config", None)  # one replica: the comparison is about one pipeline
     deployment["num_replicas"] = 1
-    port = _free_port()
+    port = free_port()
     ray.init(include_dashboard=False, log_to_driver=False)
     try:
         serve.start(http_options={"host": "127.0.0.1", "port": port})

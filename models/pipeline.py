@@ -17,6 +17,7 @@ from models.binning import bin_size, resolution_for_sample_size
 from models.decoder import Decoder, TilingConfig
 from models.denoiser import DenoiseJob, Denoiser, StepCallback
 from models.errors import InvalidRequestError
+from models.registry import DEFAULT_GUIDANCE, DEFAULT_STEPS
 from models.text_encoder import TextEncoder
 
 MAX_SEED = 2**63 - 1  # torch.Generator.manual_seed takes a signed 64-bit seed
@@ -64,8 +65,8 @@ class GenerationResult:
 
 @dataclass(frozen=True)
 class Defaults:
-    steps: int = 20
-    guidance_scale: float = 4.5
+    steps: int = DEFAULT_STEPS
+    guidance_scale: float = DEFAULT_GUIDANCE
 
 
 def resolve_request(request: GenerationRequest, resolution: int, defaults: Defaults) -> ResolvedRequest:

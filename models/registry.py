@@ -19,6 +19,11 @@ from models.errors import UnknownVariantError
 
 ARCHITECTURES_DIR = Path(__file__).parent / "architectures"
 
+# Sampling defaults of the Sana-1.0 checkpoints (their model cards and SanaPipeline's own): the one
+# place these numbers are written; the API schema, the CLI help and the pipeline read them here.
+DEFAULT_STEPS = 20
+DEFAULT_GUIDANCE = 4.5
+
 # Sana-1.0 transformers: positional embeddings only from 2K up (the converter's table:
 # {512: None, 1024: None, 2048: 1.0, 4096: 2.0}); 4K uses a larger flow shift (6.0 vs 3.0).
 _INTERPOLATION_SCALE = {512: None, 1024: None, 2048: 1.0, 4096: 2.0}
@@ -42,8 +47,8 @@ class Variant:
     text_encoder_arch: str
     gpu_dtype: str = "bfloat16"  # dtype the weights run in on CUDA
     weight_variant: str | None = None  # Hub file variant holding gpu_dtype weights ("bf16", "fp16")
-    default_steps: int = 20
-    default_guidance: float = 4.5
+    default_steps: int = DEFAULT_STEPS
+    default_guidance: float = DEFAULT_GUIDANCE
 
     @property
     def sample_size(self) -> int:

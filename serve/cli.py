@@ -9,6 +9,8 @@ import argparse
 import sys
 from pathlib import Path
 
+from models.registry import DEFAULT_GUIDANCE, DEFAULT_STEPS
+
 
 def _add_materialize(commands: argparse._SubParsersAction) -> None:
     parser = commands.add_parser(
@@ -29,8 +31,8 @@ def _add_generate(commands: argparse._SubParsersAction) -> None:
     parser.add_argument("--negative-prompt", default="")
     parser.add_argument("--width", type=int, help="default: the checkpoint's resolution")
     parser.add_argument("--height", type=int, help="default: the checkpoint's resolution")
-    parser.add_argument("--steps", type=int, help="default: 20")
-    parser.add_argument("--guidance", type=float, help="default: 4.5; <= 1 turns guidance off")
+    parser.add_argument("--steps", type=int, help=f"default: {DEFAULT_STEPS}")
+    parser.add_argument("--guidance", type=float, help=f"default: {DEFAULT_GUIDANCE}; <= 1 turns guidance off")
     parser.add_argument("--seed", type=int, help="default: random (printed)")
     parser.add_argument("--n", type=int, default=1, help="number of images")
     parser.add_argument("--device", help="cuda or cpu (default: cuda when available)")

@@ -338,7 +338,14 @@ class GenerationService:
                             if resolved.uses_guidance else None)
                 latents = handles.denoiser.denoise.remote(spec, prompt, negative)
                 progress.emit("denoising", steps=resolved.steps)
-                pixels = await progress.result(handles.decoder.decode.remote(latents, resolved.width, resolved.height))
+                decoded = handles.decoder.decode.remote(latents, resolved.width, resolved.height)
+                try:
+                    pixels = await progress.result(decoded)
+                except Cancelled:
+                    for pending in (prompt, negative, latents):  # nothing upstream works for nobody
+                        if pending is not None:
+                            _cancel(pending)
+                    raise
                 return pixels, prompt_text
             except Exception as exc:  # noqa: BLE001
                 if retries_left <= 0 or not is_replica_failure(exc):

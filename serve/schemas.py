@@ -6,6 +6,8 @@ from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field, StrictFloat, StrictInt, StrictStr
 
+from models.registry import DEFAULT_GUIDANCE, DEFAULT_STEPS
+
 OutputFormat = Literal["png", "jpeg", "webp"]
 
 
@@ -22,9 +24,9 @@ class ImageGenerationRequest(BaseModel):
     output_format: OutputFormat = Field("png", description="Image encoding.")
     negative_prompt: StrictStr = Field("", description="What not to draw (used when guidance_scale > 1).")
     seed: StrictInt | None = Field(None, description="Random seed; chosen by the server and returned when absent.")
-    num_inference_steps: StrictInt | None = Field(None, description="Solver steps; default 20.")
+    num_inference_steps: StrictInt | None = Field(None, description=f"Solver steps; default {DEFAULT_STEPS}.")
     guidance_scale: StrictFloat | None = Field(
-        None, description="Classifier-free guidance; default 4.5; <= 1 turns it off."
+        None, description=f"Classifier-free guidance; default {DEFAULT_GUIDANCE}; <= 1 turns it off."
     )
     user: StrictStr | None = Field(None, description="OpenAI's end-user id; logged, otherwise unused.")
 

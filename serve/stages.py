@@ -21,6 +21,7 @@ from models.decoder import Decoder as DecoderStage
 from models.decoder import TilingConfig
 from models.denoiser import DenoiseJob
 from models.denoiser import Denoiser as DenoiserStage
+from models.registry import DEFAULT_GUIDANCE
 from models.safety_classifier import SafetyClassifier as SafetyClassifierStage
 from models.text_encoder import PromptEmbedding
 from models.text_encoder import TextEncoder as TextEncoderStage
@@ -163,7 +164,7 @@ class Denoiser:
         side = min(resolution_for_sample_size(self.stage.sample_size), 1024)
         width = self.stage.transformer.config.caption_channels
         prompt = PromptEmbedding(torch.zeros(300, width), torch.ones(300, dtype=torch.long))
-        self._run([DenoiseJob(prompt, prompt, 0, 1, side, side, 1, 4.5)])
+        self._run([DenoiseJob(prompt, prompt, 0, 1, side, side, 1, DEFAULT_GUIDANCE)])  # with CFG
 
     def resolution(self) -> int:
         """Resolution class of this route's checkpoint (for configs that do not tell it)."""

@@ -3,49 +3,29 @@
 from __future__ import annotations
 
 import base64
-import copy
 import io
 import os
-import socket
 import time
+from collections.abc import Callable
 from contextlib import contextmanager
-from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import numpy as np
-import yaml
 from PIL import Image
 
-LOCAL_CONFIG = Path(__file__).resolve().parent.parent / "deploy" / "local.yaml"
+from serve.local_app import free_port, local_app_args
 
+__all__ = ["free_port", "local_args", "decode_images", "deployed", "scrape_metrics", "metric_value", "settled",
+           "settled_metric"]
 
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
+T = TypeVar("T")
 
 
 def local_args(checkpoint: str, checkpoint_4k: str | None = None, **route_overrides: Any) -> dict[str, Any]:
-    """deploy/local.yaml's application args, pointed at `checkpoint` (and the 4K route at
-    `checkpoint_4k`; without it the 4K route is left out).
-
-    Stages use this process's torch thread count, so served pixels can be compared bit for bit
-    with references computed here.
-    """
-    import torch
-
-    threads = torch.get_num_threads()
-    args = copy.deepcopy(yaml.safe_load(LOCAL_CONFIG.read_text())["applications"][0]["args"])
-    args["text_encoder"]["checkpoint"] = checkpoint
-    args["text_encoder"]["torch_threads"] = threads
-    if checkpoint_4k is None:
-        args["routes"].pop("tiny-4k")
-        args["gateway"]["size_routes"] = []
-    else:
-        args["routes"]["tiny-4k"]["checkpoint"] = checkpoint_4k
-    for name, route in args["routes"].items():
-        route["checkpoint"] = checkpoint if name != "tiny-4k" else checkpoint_4k
-        route["denoiser"]["torch_threads"] = route["decoder"]["torch_threads"] = threads
+    """The embedded default's args on `checkpoint` (see serve.local_app), each route's sections
+    merged with `route_overrides` (e.g. denoiser={"batching": {...}})."""
+    args = local_app_args(checkpoint, checkpoint_4k)
+    for route in args["routes"].values():
         for key, value in route_overrides.items():
             route[key] = _merge(route.get(key, {}), value)
     return args
@@ -101,14 +81,18 @@ def metric_value(samples: dict[str, list], name: str, app: str, **labels: str) -
     return sum(s.value for s in samples.get(name, []) if all(s.labels.get(k) == v for k, v in labels.items()))
 
 
-def settled_metric(name: str, app: str, timeout_s: float = 60, **labels: str) -> float:
-    """The metric's value once Ray has exported everything counted so far: two scrapes a few
-    export intervals apart agree (the session's Ray exports every second)."""
+def settled(read: Callable[[dict[str, list]], T], timeout_s: float = 60) -> T:
+    """`read(scrape)` once Ray has exported everything counted so far: two scrapes two export
+    intervals apart agree (the session's Ray exports every second)."""
     deadline = time.monotonic() + timeout_s
-    previous = metric_value(scrape_metrics(), name, app, **labels)
+    previous = read(scrape_metrics())
     while True:
-        time.sleep(2.5)
-        current = metric_value(scrape_metrics(), name, app, **labels)
+        time.sleep(2.0)
+        current = read(scrape_metrics())
         if current == previous or time.monotonic() > deadline:
             return current
         previous = current
+
+
+def settled_metric(name: str, app: str, **labels: str) -> float:
+    return settled(lambda samples: metric_value(samples, name, app, **labels))

@@ -111,3 +111,17 @@ def test_model_flag_replaces_the_default_routes_checkpoint(tmp_path):
     assert config.routes[config.default_route].checkpoint == str(tmp_path)
     assert config.text_encoder.checkpoint == str(tmp_path)
     assert http["host"] == "127.0.0.1"
+
+
+def test_ray_serve_validates_args_through_the_typed_app_builder():
+    from pydantic import ValidationError
+    from ray.serve import Application
+    from ray.serve._private.api import call_user_app_builder_with_args_if_necessary
+
+    from serve.app import build_app
+
+    assert isinstance(call_user_app_builder_with_args_if_necessary(build_app, _local_args()), Application)
+    args = _local_args()
+    args["routes"]["tiny-1024"]["denoiser"]["batching"]["max_batch_size"] = "8"
+    with pytest.raises(ValidationError, match=r"routes\.tiny-1024\.denoiser\.batching\.max_batch_size"):
+        call_user_app_builder_with_args_if_necessary(build_app, args)

@@ -11,7 +11,7 @@ from pathlib import Path
 import httpx
 import pytest
 
-from tests.serve_harness import deployed, local_args, metric_value, scrape_metrics
+from tests.serve_harness import deployed, local_args, metric_value, scrape_metrics, settled
 
 ROOT = Path(__file__).resolve().parent.parent
 APP = "sana-ops"
@@ -38,6 +38,12 @@ def _value(samples, name: str, **labels) -> float:
     return metric_value(samples, name, APP, **labels)
 
 
+def _ours(samples) -> list:
+    return sorted((sample.name, sorted(sample.labels.items()), sample.value)
+                  for name, group in samples.items() if name.startswith("ray_sana_")
+                  for sample in group if sample.labels.get("application") == APP)
+
+
 @pytest.fixture(scope="module")
 def scraped(base_url) -> dict[str, list]:
     """Traffic of every kind, then the scrape once Ray has exported it (it reports every few s)."""
@@ -55,7 +61,9 @@ def scraped(base_url) -> dict[str, list]:
         samples = scrape_metrics()
         if all(f"{name}_count" in samples or f"{name}_total" in samples for name in OUR_METRICS):
             if _value(samples, "ray_sana_images_generated_total", route="tiny-1024") >= 4:
-                return samples
+                # Each replica exports on its own clock: scrape again once none of ours moves.
+                settled(_ours)
+                return scrape_metrics()
         if time.monotonic() > deadline:
             missing = [n for n in OUR_METRICS if f"{n}_count" not in samples and f"{n}_total" not in samples]
             raise AssertionError(f"metrics never exported: {missing}")

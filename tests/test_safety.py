@@ -8,7 +8,7 @@ import pytest
 
 from models.materialize import materialize
 from models.safety_classifier import SafetyClassifier
-from tests.serve_harness import decode_images, deployed, local_args, settled_metric
+from tests.serve_harness import decode_images, deployed, local_args, metric_value, settled
 
 APP = "sana-safety"
 PROMPTS = ["a quiet lake at dawn", "a dragon made of fire", "a bowl of cherries", "a city in the rain"]
@@ -67,8 +67,10 @@ def _generate(base_url: str, prompt: str, **extra) -> dict:
 
 def _counts() -> dict[str, float]:
     """Prompts changed per safety layer, as the gateway's Prometheus counter reports them."""
-    return {layer: settled_metric("ray_sana_safety_replacements_total", APP, layer=layer)
-            for layer in ("word_filter", "classifier")}
+    return settled(lambda samples: {
+        layer: metric_value(samples, "ray_sana_safety_replacements_total", APP, layer=layer)
+        for layer in ("word_filter", "classifier")
+    })
 
 
 def test_classifier_replaces_only_prompts_above_the_threshold(base_url, scores, threshold):

@@ -172,7 +172,8 @@ def test_events_arrive_in_order_and_cancel_stops_the_stage_call():
     with pytest.raises(Cancelled):
         asyncio.run(cancelled_midway())
     decode = [r for name, r in stages.routes["r1k"][1].responses if name == "decode"][-1]
-    assert decode.cancelled
+    denoise = [r for name, r in stages.routes["r1k"][0].responses if name == "denoise"][-1]
+    assert decode.cancelled and denoise.cancelled
 
 
 def test_models_lists_routes_with_their_resolution():
@@ -180,3 +181,11 @@ def test_models_lists_routes_with_their_resolution():
     models = asyncio.run(service.models())
     assert [(m.route, m.resolution, m.default) for m in models] == [("r1k", 1024, True), ("r4k", 4096, False)]
     assert not stages.log  # known from the config: no stage is asked
+
+
+def test_a_checkpoint_the_config_cannot_place_asks_its_denoiser_once():
+    config = app_config(routes__r1k__checkpoint="some-org/unknown-sana")
+    service, stages, _ = _service(config)
+    assert _generate(service, size=None).width == 1024
+    _generate(service, size=None)
+    assert len(stages.calls("denoiser:r1k", "resolution")) == 1
