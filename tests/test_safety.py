@@ -2,13 +2,15 @@
 
 from __future__ import annotations
 
+import time
+
 import httpx
 import numpy as np
 import pytest
 
 from models.materialize import materialize
 from models.safety_classifier import SafetyClassifier
-from tests.serve_harness import decode_images, deployed, local_args, metric_value, settled
+from tests.serve_harness import decode_images, deployed, local_args, metric_value, scrape_metrics
 
 APP = "sana-safety"
 PROMPTS = ["a quiet lake at dawn", "a dragon made of fire", "a bowl of cherries", "a city in the rain"]
@@ -65,18 +67,24 @@ def _generate(base_url: str, prompt: str, **extra) -> dict:
     return response.json()
 
 
-def _counts() -> dict[str, float]:
-    """Prompts changed per safety layer, as the gateway's Prometheus counter reports them."""
-    return settled(lambda samples: {
-        layer: metric_value(samples, "ray_sana_safety_replacements_total", APP, layer=layer)
-        for layer in ("word_filter", "classifier")
-    })
+def _count(layer: str) -> float:
+    """Prompts this app changed in `layer`, as the gateway's Prometheus counter reports them."""
+    return metric_value(scrape_metrics(), "ray_sana_safety_replacements_total", APP, layer=layer)
+
+
+def _expect_count(layer: str, expected: float, timeout_s: float = 30) -> None:
+    """The counter reaches `expected` (Ray exports every second) and stays there."""
+    deadline = time.monotonic() + timeout_s
+    while _count(layer) != expected and time.monotonic() < deadline:
+        time.sleep(0.5)
+    time.sleep(1.5)  # anything counted twice would have been exported by now
+    assert _count(layer) == expected, layer
 
 
 def test_classifier_replaces_only_prompts_above_the_threshold(base_url, scores, threshold):
     unsafe = max(PROMPTS, key=scores.get)
     safe = [p for p in PROMPTS if scores[p] < threshold and "dragon" not in p]
-    before = _counts()
+    before = _count("classifier")
     flagged = _generate(base_url, unsafe)
     assert flagged["data"][0]["revised_prompt"] == "A red heart."
     # What was generated is the replacement prompt's image, not the original's.
@@ -86,17 +94,15 @@ def test_classifier_replaces_only_prompts_above_the_threshold(base_url, scores, 
         kept = _generate(base_url, prompt)
         assert kept["data"][0]["revised_prompt"] == prompt
     # The unsafe prompt, plus the replacement prompt itself if the tiny model happens to flag it too.
-    expected = 1 + int(scores["A red heart."] > threshold)
-    assert _counts()["classifier"] - before["classifier"] == expected
+    _expect_count("classifier", before + 1 + int(scores["A red heart."] > threshold))
 
 
 def test_word_filter_outcome_shows_in_revised_prompt_and_counts(base_url, scores, threshold):
-    before = _counts()
+    before = _count("word_filter")
     payload = _generate(base_url, "a d.r.a.g.o.n over the lake")
     revised = payload["data"][0]["revised_prompt"]
     assert revised in ("a \u2764\ufe0f over the lake", "A red heart.")
-    after = _counts()
-    assert after["word_filter"] == before["word_filter"] + 1
+    _expect_count("word_filter", before + 1)
     negative = _generate(base_url, "a quiet lake at dawn", negative_prompt="no dragons, no dragon")
     assert negative["data"][0]["revised_prompt"] == "a quiet lake at dawn"
-    assert _counts()["word_filter"] == after["word_filter"] + 1
+    _expect_count("word_filter", before + 2)
