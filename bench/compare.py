@@ -72,7 +72,7 @@ def served(checkpoint: str, device: str, requests: int, sizes: list[str], steps:
     from serve.app import build_app
 
     args = local_app_args(checkpoint, torch_threads=threads, device=device)
-    deployment = args["routes"]["tiny-1024"]["denoiser"]["deployment"]
+    deployment = args["routes"]["sana-shapes"]["denoiser"]["deployment"]
     deployment.pop("autoscaling_config", None)  # one replica: the comparison is about one pipeline
     deployment["num_replicas"] = 1
     port = free_port()

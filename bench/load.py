@@ -51,7 +51,7 @@ def workload(index: int, sizes: list[str], steps: int) -> dict:
     }
 
 
-def _check_loopback(url: str) -> None:
+def check_loopback(url: str) -> None:
     host = urlparse(url).hostname
     if host not in ("127.0.0.1", "localhost", "::1"):
         raise SystemExit(f"refusing to load {host}: this generator targets loopback only")
@@ -72,7 +72,7 @@ async def _send(client: httpx.AsyncClient, url: str, body: dict) -> Result:
 
 async def closed_loop(url: str, concurrency: int, requests: int, time_limit_s: float,
                       sizes: list[str], steps: int) -> tuple[list[Result], float]:
-    _check_loopback(url)
+    check_loopback(url)
     counter = iter(range(requests))
     deadline = time.perf_counter() + time_limit_s
     results: list[Result] = []
@@ -91,7 +91,7 @@ async def closed_loop(url: str, concurrency: int, requests: int, time_limit_s: f
 
 async def open_loop(url: str, rate: float, requests: int, time_limit_s: float,
                     sizes: list[str], steps: int) -> tuple[list[Result], float]:
-    _check_loopback(url)
+    check_loopback(url)
     async with httpx.AsyncClient(timeout=time_limit_s) as client:
         started = time.perf_counter()
         tasks = []

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 from pathlib import Path
 
 import torch
@@ -113,6 +114,23 @@ def _prepare_dir(out: Path) -> None:
         raise MaterializeError(f"cannot write to {out}: not a writable directory")
 
 
+def _copy_packaged(variant: Variant, out: Path) -> Path:
+    """The shipped checkpoint, with the transformer's sample_size set to the variant's resolution
+    class (it picks the bin table: the same weights serve 512px bins or 4096px bins)."""
+    from models.registry import PACKAGED_DIR
+
+    source = PACKAGED_DIR / variant.packaged
+    if not (source / "model_index.json").exists():
+        raise MaterializeError(f"{variant.name}: the packaged checkpoint {source} is missing (python -m train)")
+    shutil.copytree(source, out, dirs_exist_ok=True)
+    config_path = out / "transformer" / "config.json"
+    config = json.loads(config_path.read_text())
+    config["sample_size"] = variant.sample_size
+    config_path.write_text(json.dumps(config, indent=2, sort_keys=True) + "\n")
+    (out / "sana_serve.json").write_text(json.dumps({"arch": variant.name, "packaged": variant.packaged}) + "\n")
+    return out
+
+
 # Classifier checkpoints `materialize` can write besides the Sana pipelines of the registry.
 SAFETY_CLASSIFIERS = {"tiny-shieldgemma": "text-encoder-gemma-2-tiny"}
 
@@ -142,6 +160,8 @@ def materialize(arch: str, out_dir: str | os.PathLike[str], seed: int = 0) -> Pa
         return materialize_safety_classifier(arch, out, seed)
     variant = get_variant(arch)
     _prepare_dir(out)
+    if variant.packaged is not None:
+        return _copy_packaged(variant, out)
     # Each component gets its own seed so that the weights of one never depend on another's size.
     _write_tokenizer(out)
     _write_text_encoder(variant, out, seed * 10 + 1)

@@ -18,6 +18,8 @@ from typing import Any
 from models.errors import UnknownVariantError
 
 ARCHITECTURES_DIR = Path(__file__).parent / "architectures"
+# Trained checkpoints shipped as package data (written by `python -m train`), by name.
+PACKAGED_DIR = Path(__file__).parent / "packaged"
 
 # Sampling defaults of the Sana-1.0 checkpoints (their model cards and SanaPipeline's own): the one
 # place these numbers are written; the API schema, the CLI help and the pipeline read them here.
@@ -49,6 +51,9 @@ class Variant:
     weight_variant: str | None = None  # Hub file variant holding gpu_dtype weights ("bf16", "fp16")
     default_steps: int = DEFAULT_STEPS
     default_guidance: float = DEFAULT_GUIDANCE
+    # A trained checkpoint shipped with the package (PACKAGED_DIR/<name>): `materialize` copies it
+    # (with this variant's resolution class) instead of writing random weights.
+    packaged: str | None = None
 
     @property
     def sample_size(self) -> int:
@@ -102,6 +107,12 @@ def _offline(name: str, resolution: int, size: str = "tiny") -> Variant:
     )
 
 
+def _packaged(name: str, resolution: int, checkpoint: str) -> Variant:
+    """A shipped trained checkpoint; its architecture lives in its own folder's configs."""
+    return Variant(name=name, repo_id=None, resolution=resolution, transformer_arch="", vae_arch="",
+                   text_encoder_arch="", gpu_dtype="float32", packaged=checkpoint)
+
+
 VARIANTS: dict[str, Variant] = {
     v.name: v
     for v in (
@@ -114,6 +125,10 @@ VARIANTS: dict[str, Variant] = {
         _offline("tiny", 1024),
         _offline("tiny-4k", 4096),
         _offline("small", 512, "small"),
+        # The embedded default: trained on the shapes world at 512px bins; the same weights with the
+        # 4096px bins serve the local 4K route.
+        _packaged("shapes", 512, "sana-shapes"),
+        _packaged("shapes-4k", 4096, "sana-shapes"),
     )
 }
 

@@ -11,12 +11,15 @@ from pathlib import Path
 
 from models.registry import DEFAULT_GUIDANCE, DEFAULT_STEPS
 
+DEFAULT_MODEL = "materialized:shapes"
+
 
 def _add_materialize(commands: argparse._SubParsersAction) -> None:
     parser = commands.add_parser(
         "materialize",
         help="write a diffusers-format checkpoint with deterministic random weights (offline)",
-        description="ARCH is a registry name: tiny, tiny-4k, or a real architecture such as sana-1600m-1024.",
+        description="ARCH is a registry name: tiny, tiny-4k (random, for tests), shapes, shapes-4k (the shipped "
+                    "trained model), or a real architecture such as sana-1600m-1024 (random weights, real size).",
     )
     parser.add_argument("arch")
     parser.add_argument("dir", type=Path)
@@ -26,7 +29,9 @@ def _add_materialize(commands: argparse._SubParsersAction) -> None:
 
 def _add_generate(commands: argparse._SubParsersAction) -> None:
     parser = commands.add_parser("generate", help="generate images in-process (no Ray)")
-    parser.add_argument("--model", required=True, help="checkpoint folder or Hugging Face repo id")
+    parser.add_argument("--model", default=DEFAULT_MODEL,
+                        help="checkpoint folder, Hugging Face repo id or materialized:ARCH (default: the shipped "
+                             "shapes model)")
     parser.add_argument("--prompt", required=True)
     parser.add_argument("--negative-prompt", default="")
     parser.add_argument("--width", type=int, help="default: the checkpoint's resolution")
@@ -83,7 +88,9 @@ def _generate(args: argparse.Namespace) -> int:
 
     if args.out.suffix.lower() not in Image.registered_extensions():
         raise SystemExit(f"error: --out {args.out}: unknown image extension {args.out.suffix!r}")
-    pipeline = SanaInProcessPipeline.from_pretrained(args.model, device=args.device)
+    from serve.checkpoint_specs import resolve_checkpoint
+
+    pipeline = SanaInProcessPipeline.from_pretrained(resolve_checkpoint(args.model), device=args.device)
     request = GenerationRequest(
         prompt=args.prompt,
         negative_prompt=args.negative_prompt,

@@ -4,7 +4,7 @@ Everything about routes, checkpoints, replicas, batching and limits lives in YAM
 (`serve_config.yaml`, `deploy/local.yaml`). `AppConfig` is the app builder's typed argument: Ray
 Serve validates the YAML `args` with it, and `parse_app_config` does the same for `sana-serve run`
 and the tests, turning pydantic's errors into a `ConfigError` that names the YAML path
-(`routes.tiny-1024.denoiser.batching.max_batch_size: ...`) before anything is deployed.
+(`routes.sana-shapes.denoiser.batching.max_batch_size: ...`) before anything is deployed.
 
 One model per concern; every field has a type, a range where one makes sense, and a docstring
 that is also its description in the JSON schema (`AppConfig.model_json_schema()`).

@@ -16,7 +16,7 @@ import yaml
 
 from serve.config import DEFAULT_LOCAL_CONFIG
 
-FOUR_K_ROUTE = "tiny-4k"
+FOUR_K_ROUTE = "sana-shapes-4k"
 
 
 def local_app_args(checkpoint: str, checkpoint_4k: str | None = None, *, torch_threads: int | None = None,

@@ -30,7 +30,7 @@ def main(checkpoint: str, checkpoint_4k: str) -> None:
         serve.start(http_options={"host": "127.0.0.1", "port": port})
         args = local_args(checkpoint, checkpoint_4k)
         for stage in ("denoiser", "decoder"):
-            args["routes"]["tiny-4k"][stage]["deployment"]["ray_actor_options"]["num_cpus"] = 0
+            args["routes"]["sana-shapes-4k"][stage]["deployment"]["ray_actor_options"]["num_cpus"] = 0
         serve.run(build_app(args), name="sana", route_prefix="/")
         url = f"http://127.0.0.1:{port}/v1/images/generations"
         results = {}

@@ -74,11 +74,11 @@ def _local_args() -> dict:
         (lambda a: a.update(routes={}), "routes"),
         (lambda a: a.update(default_route="nope"), "default_route"),
         (lambda a: a.update(surprise=1), "surprise"),
-        (lambda a: a["routes"]["tiny-1024"].update(checkpoint=""), "checkpoint"),
-        (lambda a: a["routes"]["tiny-1024"].update(colour="red"), "colour"),
-        (lambda a: a["routes"]["tiny-1024"]["denoiser"]["batching"].update(max_batch_size=2), "max_batch_size"),
-        (lambda a: a["routes"]["tiny-1024"]["denoiser"]["batching"].update(max_batch_size="8"), "max_batch_size"),
-        (lambda a: a["routes"]["tiny-1024"]["denoiser"].update(torch_threads=0), "torch_threads"),
+        (lambda a: a["routes"]["sana-shapes"].update(checkpoint=""), "checkpoint"),
+        (lambda a: a["routes"]["sana-shapes"].update(colour="red"), "colour"),
+        (lambda a: a["routes"]["sana-shapes"]["denoiser"]["batching"].update(max_batch_size=2), "max_batch_size"),
+        (lambda a: a["routes"]["sana-shapes"]["denoiser"]["batching"].update(max_batch_size="8"), "max_batch_size"),
+        (lambda a: a["routes"]["sana-shapes"]["denoiser"].update(torch_threads=0), "torch_threads"),
         (lambda a: a["gateway"]["limits"].update(max_side=-1), "max_side"),
         (lambda a: a["gateway"]["limits"].update(max_images=True), "max_images"),
         (lambda a: a["gateway"].update(deployment=[1]), "gateway.deployment"),
@@ -122,6 +122,6 @@ def test_ray_serve_validates_args_through_the_typed_app_builder():
 
     assert isinstance(call_user_app_builder_with_args_if_necessary(build_app, _local_args()), Application)
     args = _local_args()
-    args["routes"]["tiny-1024"]["denoiser"]["batching"]["max_batch_size"] = "8"
-    with pytest.raises(ValidationError, match=r"routes\.tiny-1024\.denoiser\.batching\.max_batch_size"):
+    args["routes"]["sana-shapes"]["denoiser"]["batching"]["max_batch_size"] = "8"
+    with pytest.raises(ValidationError, match=r"routes\.sana-shapes\.denoiser\.batching\.max_batch_size"):
         call_user_app_builder_with_args_if_necessary(build_app, args)

@@ -28,7 +28,7 @@ def test_4k_request_without_model_goes_to_the_4k_route_and_matches_in_process(ba
     response = httpx.post(f"{base_url}{URL}", json=body, timeout=600)
     assert response.status_code == 200, response.text
     payload = response.json()
-    assert payload["model"] == "tiny-4k" and payload["size"] == "4096x3072"
+    assert payload["model"] == "sana-shapes-4k" and payload["size"] == "4096x3072"
     pipeline = SanaInProcessPipeline.from_pretrained(str(tiny_4k_checkpoint), device="cpu")
     assert pipeline.resolution == 4096 and torch.get_num_threads() >= 1
     expected = pipeline.generate([GenerationRequest(body["prompt"], width=4096, height=3072, steps=2, seed=5)])[0]
@@ -39,15 +39,15 @@ def test_4k_request_without_model_goes_to_the_4k_route_and_matches_in_process(ba
 def test_small_sizes_stay_on_the_default_route_and_unserved_sizes_are_400(base_url):
     small = httpx.post(f"{base_url}{URL}", json={"prompt": "a cat", "size": "1024x1024", "num_inference_steps": 1},
                        timeout=120)
-    assert small.status_code == 200 and small.json()["model"] == "tiny-1024"
-    forced = httpx.post(f"{base_url}{URL}", json={"prompt": "a cat", "size": "4096x4096", "model": "tiny-1024"},
+    assert small.status_code == 200 and small.json()["model"] == "sana-shapes"
+    forced = httpx.post(f"{base_url}{URL}", json={"prompt": "a cat", "size": "4096x4096", "model": "sana-shapes"},
                         timeout=60)
     assert forced.status_code == 400 and forced.json()["error"]["param"] == "size"
-    assert "tiny-1024" in forced.json()["error"]["message"]
+    assert "sana-shapes" in forced.json()["error"]["message"]
     too_big = httpx.post(f"{base_url}{URL}", json={"prompt": "a cat", "size": "8192x8192"}, timeout=60)
     assert too_big.status_code == 400 and too_big.json()["error"]["param"] == "size"
     models = {m["id"]: m for m in httpx.get(f"{base_url}/v1/models", timeout=60).json()["data"]}
-    assert models["tiny-4k"]["resolution"] == 4096 and models["tiny-1024"]["default"]
+    assert models["sana-shapes-4k"]["resolution"] == 4096 and models["sana-shapes"]["default"]
 
 
 NO_CAPACITY_APP = "sana-4k-nowhere"
@@ -62,8 +62,8 @@ def test_without_a_node_for_the_4k_route_it_answers_503_in_time_and_1k_keeps_wor
 
     args = local_args(str(tiny_checkpoint), str(tiny_4k_checkpoint))
     # A resource no node has: the 4K replicas can never be placed.
-    args["routes"]["tiny-4k"]["placement"] = {"resources": {"huge_memory_for_tests": 1}}
-    args["routes"]["tiny-4k"]["capacity_wait_s"] = 2
+    args["routes"]["sana-shapes-4k"]["placement"] = {"resources": {"huge_memory_for_tests": 1}}
+    args["routes"]["sana-shapes-4k"]["capacity_wait_s"] = 2
     serve._run(build_app(args), name=NO_CAPACITY_APP, route_prefix="/nowhere", _blocking=False)
     try:
         url = f"{ray_serve}/nowhere"
@@ -73,7 +73,7 @@ def test_without_a_node_for_the_4k_route_it_answers_503_in_time_and_1k_keeps_wor
         elapsed = time.monotonic() - started
         assert response.status_code == 503, response.text
         assert int(response.headers["retry-after"]) >= 1
-        assert "tiny-4k" in response.json()["error"]["message"]
+        assert "sana-shapes-4k" in response.json()["error"]["message"]
         assert elapsed < 30, "must answer near the configured wait, never hang"
         small = httpx.post(f"{url}{URL}", json={"prompt": "a cat", "size": "512x512", "num_inference_steps": 1},
                            timeout=120)

@@ -22,7 +22,7 @@ def test_4k_runs_on_the_large_memory_node_and_1k_does_not_have_to(tiny_checkpoin
     report = json.loads(next(line for line in done.stdout.splitlines() if line.startswith('{"worker"')))
     worker, head = report["worker"], report["head"]
     four_k, one_k = report["results"]["4k"], report["results"]["1k"]
-    assert four_k["model"] == "tiny-4k" and one_k["model"] == "tiny-1024"
+    assert four_k["model"] == "sana-shapes-4k" and one_k["model"] == "sana-shapes"
     assert four_k["nodes"]["denoise"] == worker and four_k["nodes"]["decode"] == worker
     assert one_k["nodes"]["denoise"] == head and one_k["nodes"]["decode"] == head
     assert four_k["nodes"]["encode"] == head  # the shared text encoder is not a 4K stage

@@ -60,7 +60,7 @@ def scraped(base_url) -> dict[str, list]:
     while True:
         samples = scrape_metrics()
         if all(f"{name}_count" in samples or f"{name}_total" in samples for name in OUR_METRICS):
-            if _value(samples, "ray_sana_images_generated_total", route="tiny-1024") >= 4:
+            if _value(samples, "ray_sana_images_generated_total", route="sana-shapes") >= 4:
                 # Each replica exports on its own clock: scrape again once none of ours moves.
                 settled(_ours)
                 return scrape_metrics()
@@ -71,7 +71,7 @@ def scraped(base_url) -> dict[str, list]:
 
 
 def test_our_metrics_are_exported_with_sensible_values(scraped):
-    route = {"route": "tiny-1024"}
+    route = {"route": "sana-shapes"}
     assert _value(scraped, "ray_sana_images_generated_total", **route) >= 4
     assert _value(scraped, "ray_sana_request_latency_ms_count", **route) >= 3
     assert _value(scraped, "ray_sana_request_latency_ms_sum", **route) > 0
@@ -90,7 +90,7 @@ def test_our_metrics_are_exported_with_sensible_values(scraped):
     assert _value(scraped, "ray_sana_text_embedding_cache_total", result="miss") >= 1
     # Ray tags each series with its deployment and replica.
     sample = next(s for s in scraped["ray_sana_denoise_steps_total"] if s.labels.get("application") == APP)
-    assert sample.labels["deployment"] == "Denoiser-tiny-1024" and sample.labels["replica"]
+    assert sample.labels["deployment"] == "Denoiser-sana-shapes" and sample.labels["replica"]
 
 
 def _dashboard_metrics() -> set[str]:
@@ -116,7 +116,7 @@ def _running_replicas(deployment: str) -> int:
 
 
 def test_denoiser_scales_up_under_load_and_back_down_without_failures(base_url):
-    deployment = "Denoiser-tiny-1024"
+    deployment = "Denoiser-sana-shapes"
     assert _running_replicas(deployment) == 1
     statuses: list[int] = []
     stop = time.monotonic() + 120

@@ -70,7 +70,7 @@ def test_response_shape_timings_and_server_chosen_seed(base_url):
                                 "output_format": "jpeg"})
     assert response.status_code == 200, response.text
     payload = response.json()
-    assert isinstance(payload["seed"], int) and payload["model"] == "tiny-1024"
+    assert isinstance(payload["seed"], int) and payload["model"] == "sana-shapes"
     assert payload["created"] > 0 and payload["output_format"] == "jpeg"
     assert payload["data"][0]["b64_json"].startswith("/9j/")  # JPEG magic, base64
     timings = payload["timings_ms"]
@@ -88,7 +88,7 @@ def test_webp_and_models_and_health(base_url):
     assert decode_images(response.json()).shape == (1, 512, 512, 3)
     models = httpx.get(f"{base_url}/v1/models", timeout=30).json()
     assert models["object"] == "list"
-    assert [(m["id"], m["resolution"], m["default"]) for m in models["data"]] == [("tiny-1024", 1024, True)]
+    assert [(m["id"], m["resolution"], m["default"]) for m in models["data"]] == [("sana-shapes", 1024, True)]
     assert httpx.get(f"{base_url}/healthz", timeout=30).json()["status"] == "ok"
     spec = httpx.get(f"{base_url}/openapi.json", timeout=30).json()
     assert "prompt" in str(spec["paths"]["/v1/images/generations"]["post"]["requestBody"])

@@ -72,7 +72,7 @@ def test_killing_a_denoiser_replica_mid_flight_loses_no_request(base_url, pipeli
     # Requests the victim held either reached the gateway as a replica death (retried there and
     # counted in ray_sana_stage_retries) or were re-routed by Serve itself before starting; none
     # may be lost, and no request is retried more often than configured (once).
-    retries = settled_metric("ray_sana_stage_retries_total", APP, route="tiny-1024")
+    retries = settled_metric("ray_sana_stage_retries_total", APP, route="sana-shapes")
     assert retries <= len(bodies)
     for body, response in zip(bodies, responses):
         solo = pipeline.generate([GenerationRequest(body["prompt"], width=1024, height=1024, steps=40,

@@ -23,6 +23,7 @@ from serve.metrics import GatewayMetrics
 
 logger = logging.getLogger("sana_serve.api")
 REQUEST_ID_HEADER = "x-request-id"
+MAX_REQUEST_ID_CHARS = 128
 
 
 def failure_response(exc: Exception, request_id: str | None, path: str, metrics: GatewayMetrics) -> Response:
@@ -53,7 +54,8 @@ class RequestContextMiddleware:
         if scope["type"] != "http":
             await self.app(scope, receive, send)
             return
-        request_id = Request(scope).headers.get(REQUEST_ID_HEADER) or uuid.uuid4().hex
+        # The client's id when it sends a sane one (it goes into every log line), else ours.
+        request_id = Request(scope).headers.get(REQUEST_ID_HEADER, "")[:MAX_REQUEST_ID_CHARS] or uuid.uuid4().hex
         state = scope.setdefault("state", {})
         state["request_id"], state["received_at"] = request_id, time.perf_counter()
         response_started = False

@@ -27,7 +27,7 @@ def _leaf_paths(model: type[BaseModel], prefix: tuple) -> list[tuple]:
         if isinstance(annotation, type) and issubclass(annotation, BaseModel):
             paths += _leaf_paths(annotation, path)
         elif name == "routes":
-            paths += _leaf_paths(Route, (*path, "tiny-1024"))
+            paths += _leaf_paths(Route, (*path, "sana-shapes"))
         else:
             paths.append(path)
     return paths
@@ -64,7 +64,7 @@ def _yaml_path(path: tuple) -> str:
 
 def test_every_field_is_covered():
     assert len(FIELD_PATHS) >= 50
-    assert ("routes", "tiny-1024", "denoiser", "batching", "max_batch_size") in FIELD_PATHS
+    assert ("routes", "sana-shapes", "denoiser", "batching", "max_batch_size") in FIELD_PATHS
     assert ("text_encoder", "cache_size") in FIELD_PATHS and ("text_encoder", "device") in FIELD_PATHS
 
 
@@ -84,16 +84,16 @@ def test_every_mistyped_field_is_refused_with_its_yaml_path(path):
 @pytest.mark.parametrize("path, value, words", [
     (("text_encoder", "cache_size"), -1, "greater than or equal to 0"),
     (("text_encoder", "device"), "gpu", "pattern"),
-    (("routes", "tiny-1024", "denoiser", "torch_threads"), 0, "greater than or equal to 1"),
-    (("routes", "tiny-1024", "denoiser", "deployment", "num_replica"), 2, "num_replica"),
-    (("routes", "tiny-1024", "placement", "resources", "large_memory"), 0, "positive"),
-    (("routes", "tiny-1024", "tiling", "stride"), 2000, "must not exceed tile"),
+    (("routes", "sana-shapes", "denoiser", "torch_threads"), 0, "greater than or equal to 1"),
+    (("routes", "sana-shapes", "denoiser", "deployment", "num_replica"), 2, "num_replica"),
+    (("routes", "sana-shapes", "placement", "resources", "large_memory"), 0, "positive"),
+    (("routes", "sana-shapes", "tiling", "stride"), 2000, "must not exceed tile"),
     (("gateway", "limits", "min_side"), 8192, "above max_side"),
     (("gateway", "stage_retries"), 9, "less than or equal to 5"),
     (("safety", "classifier", "threshold"), 1.5, "less than or equal to 1"),
     (("auth", "key_hashes"), ["sk-plain-key"], "SHA-256"),
     (("gateway", "size_routes"), [{"above": 10, "route": "nowhere"}], "size_routes[0].route"),
-    (("routes", "tiny-1024", "denoiser", "batching", "max_batch_size"), 2, "below the 4 images"),
+    (("routes", "sana-shapes", "denoiser", "batching", "max_batch_size"), 2, "below the 4 images"),
 ])
 def test_ranges_and_cross_field_rules(path, value, words):
     args = copy.deepcopy(LOCAL)
@@ -107,14 +107,14 @@ def test_defaults_that_come_from_other_fields():
     args = copy.deepcopy(LOCAL)
     del args["default_route"]
     del args["text_encoder"]["checkpoint"]
-    args["routes"]["tiny-1024"]["checkpoint"] = "some/repo"
+    args["routes"]["sana-shapes"]["checkpoint"] = "some/repo"
     config = parse_app_config(args)
-    assert config.default_route == "tiny-1024" and config.text_encoder.checkpoint == "some/repo"
+    assert config.default_route == "sana-shapes" and config.text_encoder.checkpoint == "some/repo"
 
 
 def test_shipped_configs_parse_with_their_meaning():
     local, production = parse_app_config(LOCAL), parse_app_config(PRODUCTION)
-    assert local.route_for_size(4096, 1024) == "tiny-4k" and local.route_for_size(2048, 2048) == "tiny-1024"
+    assert local.route_for_size(4096, 1024) == "sana-shapes-4k" and local.route_for_size(2048, 2048) == "sana-shapes"
     assert production.route_for_size(2000, 100) == "sana-1600m-2k"
     assert production.safety.classifier.enabled and production.text_encoder.cache_size == 4096
     four_k = production.routes["sana-1600m-4k"]

@@ -128,3 +128,18 @@ def test_openapi_publishes_the_configured_limits():
     steps = next(b for b in properties["num_inference_steps"]["anyOf"] if b.get("type") == "integer")
     assert steps["maximum"] == 7
     assert _call(app, "GET", "/docs").status_code == 200
+
+
+def test_admission_suggests_a_typical_request_time_and_frees_slots_on_failure():
+    now = [0.0]
+    admission = Admission(2, clock=lambda: now[0])
+    with admission.slot():
+        now[0] += 6.0
+    assert admission.typical_s == pytest.approx(0.8 * 1.0 + 0.2 * 6.0)
+    with pytest.raises(RuntimeError), admission.slot():
+        raise RuntimeError("the generation failed")
+    assert admission.inflight == 0 and admission.typical_s == pytest.approx(2.0)  # failures do not count
+    with admission.slot(), admission.slot():
+        with pytest.raises(Exception) as raised, admission.slot():
+            pass
+    assert raised.value.status == 503 and raised.value.retry_after_s == pytest.approx(2.0)
