@@ -55,7 +55,7 @@ def test_production_config_uses_real_checkpoints_and_places_4k_on_large_memory()
 def test_local_config_is_cpu_only_with_fractional_cpus():
     raw = load_serve_config(CONFIGS[1])["applications"][0]["args"]
     config = parse_app_config(raw)
-    assert config.text_encoder.checkpoint == "materialized:tiny"
+    assert config.text_encoder.checkpoint == "materialized:shapes"
     deployments = [config.text_encoder.deployment, config.gateway.deployment]
     for route in config.routes.values():
         deployments += [route.denoiser.deployment, route.decoder.deployment]

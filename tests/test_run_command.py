@@ -34,7 +34,7 @@ def test_run_embedded_default_end_to_end(tmp_path):
             raise AssertionError("sana-serve run did not come up:\n" + (tmp_path / "run.log").read_text()[-3000:])
         output = (tmp_path / "run.log").read_text()
         assert f"SANA_SERVE_CACHE={tmp_path / 'cache'}" in output
-        assert (tmp_path / "cache" / "tiny" / "model_index.json").exists()
+        assert (tmp_path / "cache" / "shapes" / "model_index.json").exists()  # the shipped model, copied
 
         response = httpx.post(f"{url}/v1/images/generations", timeout=120,
                               json={"prompt": "a red fox", "size": "512x512", "num_inference_steps": 2})
