@@ -14,13 +14,11 @@ from ray import serve
 from ray.serve.handle import DeploymentHandle
 
 from serve.api.app import build_api
-from serve.api.deps import ApiDeps
-from serve.auth import Authenticator
+from serve.api.deps import build_deps
 from serve.config import AppConfig
 from serve.errors import Overloaded
-from serve.generation import GenerationService, RouteHandles, StageHandles
+from serve.generation import RouteHandles, StageHandles
 from serve.metrics import ServeMetrics
-from serve.validation import RequestValidator
 
 
 class Admission:
@@ -58,15 +56,8 @@ class Gateway:
     ) -> None:
         stages = StageHandles(text_encoder, {name: RouteHandles(**handles) for name, handles in routes.items()},
                               classifier)
-        metrics = ServeMetrics()
         self.admission = Admission(config.gateway.max_inflight)
-        self.deps = ApiDeps(
-            service=GenerationService(config, stages, metrics),
-            validator=RequestValidator(config.gateway.limits, max(config.max_images(r) for r in config.routes)),
-            auth=Authenticator(config.auth),
-            admit=self.admission.slot,
-            metrics=metrics,
-        )
+        self.deps = build_deps(config, stages, ServeMetrics(), self.admission.slot)
 
     def __serve_build_asgi_app__(self) -> FastAPI:
         # Called by Serve in the replica after __init__: the app's routes reach this replica's

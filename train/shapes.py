@@ -134,10 +134,6 @@ _PALETTE = np.array(list(COLORS.values()), dtype=np.float32)
 _NAMES = list(COLORS)
 
 
-def nearest_color(rgb: np.ndarray) -> str:
-    return _NAMES[int(np.argmin(((_PALETTE - rgb.astype(np.float32)) ** 2).sum(axis=1)))]
-
-
 def _nearest_index(pixels: np.ndarray) -> np.ndarray:
     distances = ((pixels[..., None, :].astype(np.float32) - _PALETTE) ** 2).sum(axis=-1)
     return distances.argmin(axis=-1)

@@ -9,7 +9,8 @@ from typing import Callable
 from fastapi import Request
 
 from serve.auth import Authenticator
-from serve.generation import GenerationService
+from serve.config import AppConfig
+from serve.generation import GenerationService, StageHandles
 from serve.metrics import GatewayMetrics
 from serve.validation import RequestValidator
 
@@ -23,6 +24,19 @@ class ApiDeps:
     metrics: GatewayMetrics
 
 
+def build_deps(config: AppConfig, stages: StageHandles, metrics: GatewayMetrics,
+               admit: Callable[[], AbstractContextManager[None]]) -> ApiDeps:
+    """The routers' dependencies from the config: what the Gateway wires, and the unit tier too."""
+    largest_n = max(config.max_images(route) for route in config.routes)  # the schema's n bound
+    return ApiDeps(
+        service=GenerationService(config, stages, metrics),
+        validator=RequestValidator(config.gateway.limits, largest_n),
+        auth=Authenticator(config.auth),
+        admit=admit,
+        metrics=metrics,
+    )
+
+
 def deps(request: Request) -> ApiDeps:
     return request.app.state.deps
 
@@ -30,7 +44,3 @@ def deps(request: Request) -> ApiDeps:
 def authorize(request: Request) -> str | None:
     """FastAPI dependency: the caller's key digest; Unauthorized or RateLimited otherwise."""
     return deps(request).auth.check(request.headers.get("authorization"))
-
-
-def request_id(request: Request) -> str:
-    return request.state.request_id

@@ -13,11 +13,9 @@ import httpx
 import pytest
 
 from serve.api.app import build_api
-from serve.api.deps import ApiDeps
-from serve.auth import Authenticator, key_digest
+from serve.api.deps import build_deps
+from serve.auth import key_digest
 from serve.gateway import Admission
-from serve.generation import GenerationService
-from serve.validation import RequestValidator
 from tests.unit.fakes import RecordingMetrics, app_config, fake_stages
 
 KEY = "sk-unit-0123456789"
@@ -28,11 +26,8 @@ def _api(config=None, admission=None):
     config = config or app_config()
     stages = fake_stages(config.routes)
     metrics = RecordingMetrics()
-    service = GenerationService(config, stages.handles(), metrics)
     admission = admission or Admission(config.gateway.max_inflight)
-    deps = ApiDeps(service, RequestValidator(config.gateway.limits, 4), Authenticator(config.auth), admission.slot,
-                   metrics)
-    return build_api(deps), stages, metrics
+    return build_api(build_deps(config, stages.handles(), metrics, admission.slot)), stages, metrics
 
 
 def _call(app, method: str, path: str, **kwargs) -> httpx.Response:
@@ -124,7 +119,8 @@ def test_openapi_publishes_the_configured_limits():
     spec = _call(app, "GET", "/openapi.json").json()
     schema = spec["paths"][URL]["post"]["requestBody"]["content"]["application/json"]["schema"]
     properties = schema["properties"]
-    assert properties["prompt"]["maxLength"] == 99 and properties["n"]["maximum"] == 4
+    # n's bound is the largest any route takes: the limits' 3 (the 4K route takes 1).
+    assert properties["prompt"]["maxLength"] == 99 and properties["n"]["maximum"] == 3
     steps = next(b for b in properties["num_inference_steps"]["anyOf"] if b.get("type") == "integer")
     assert steps["maximum"] == 7
     assert _call(app, "GET", "/docs").status_code == 200
