@@ -9,8 +9,8 @@ latents are the same alone or batched.
 
 from __future__ import annotations
 
-from collections.abc import Callable
-from dataclasses import dataclass
+from collections.abc import Callable, Collection
+from dataclasses import dataclass, field
 
 import torch
 
@@ -20,8 +20,26 @@ from models.text_encoder import PromptEmbedding
 SUBFOLDERS = ("transformer", "scheduler")
 VAE_COMPRESSION = 32  # DC-AE f32: one latent pixel per 32x32 image pixels
 
-# on_step(step_index, total_steps): called after each solver step of a batch.
-StepCallback = Callable[[int, int], None]
+
+
+@dataclass(frozen=True)
+class StepReport:
+    """What one solver step of one batch did, for progress reporting.
+
+    `jobs` are the indices (into the `denoise` call's job list) still running in this batch;
+    `previews` holds, for jobs that asked for a preview at this step, the solver's prediction of the
+    clean latents (float32 [n, C, h, w] on CPU)."""
+
+    step: int  # 0-based
+    total: int
+    jobs: tuple[int, ...]
+    previews: dict[int, torch.Tensor] = field(default_factory=dict)
+
+
+# on_step(report): called after each solver step of a batch (in the thread that runs it).
+StepCallback = Callable[[StepReport], None]
+# dropped(): indices of jobs to stop (cancelled by their callers); asked before each step.
+DropCallback = Callable[[], Collection[int]]
 
 
 @dataclass(frozen=True)
@@ -36,6 +54,7 @@ class DenoiseJob:
     height: int
     steps: int
     guidance_scale: float
+    preview_steps: tuple[int, ...] = ()  # 0-based steps after which to report the predicted clean latents
 
     @property
     def uses_guidance(self) -> bool:
@@ -79,17 +98,21 @@ class Denoiser:
     def sample_size(self) -> int:
         return int(self.transformer.config.sample_size)
 
-    def denoise(self, jobs: list[DenoiseJob], on_step: StepCallback | None = None) -> list[torch.Tensor]:
-        """Final latents [n, C, h, w] (float32) per job, in order. Mixed jobs run as several batches."""
+    def denoise(
+        self, jobs: list[DenoiseJob], on_step: StepCallback | None = None, dropped: DropCallback | None = None
+    ) -> list[torch.Tensor | None]:
+        """Final latents [n, C, h, w] (float32) per job, in order; None for a job `dropped` stopped.
+        Mixed jobs run as several batches. A dropped job leaves its batch before the next step, so
+        the others continue on fewer rows (their pixels equal a run without it, within ±1 level)."""
         groups: dict[tuple[int, int, int, bool], list[int]] = {}
         for index, job in enumerate(jobs):
             groups.setdefault(job.batch_key(), []).append(index)
         results: list[torch.Tensor | None] = [None] * len(jobs)
         for indices in groups.values():
-            latents = self._denoise_batch([jobs[i] for i in indices], on_step)
-            for i, job_latents in zip(indices, latents):
+            results_in_group = self._denoise_batch(jobs, indices, on_step, dropped or _nothing_dropped)
+            for i, job_latents in results_in_group.items():
                 results[i] = job_latents
-        return results  # type: ignore[return-value]
+        return results
 
     def _new_scheduler(self):
         from diffusers import DPMSolverMultistepScheduler
@@ -97,7 +120,10 @@ class Denoiser:
         return DPMSolverMultistepScheduler.from_config(self.scheduler_config)
 
     @torch.no_grad()
-    def _denoise_batch(self, jobs: list[DenoiseJob], on_step: StepCallback | None) -> list[torch.Tensor]:
+    def _denoise_batch(
+        self, all_jobs: list[DenoiseJob], indices: list[int], on_step: StepCallback | None, dropped: DropCallback
+    ) -> dict[int, torch.Tensor]:
+        jobs = [all_jobs[i] for i in indices]
         first = jobs[0]
         device, dtype = self.device, self.transformer.dtype
         guided = first.uses_guidance
@@ -123,11 +149,21 @@ class Denoiser:
         latents = torch.cat(
             [initial_noise(j.seed, j.num_images, self.latent_channels, j.width, j.height) for j in jobs]
         ).to(device)
+        batch = _Rows(list(indices), counts)
 
         # 4. Solver loop.
         timestep_scale = float(getattr(self.transformer.config, "timestep_scale", 1.0))
         learned_sigma = int(self.transformer.config.out_channels) // 2 == self.latent_channels
         for step, t in enumerate(timesteps):
+            stop = set(dropped()) & set(batch.jobs)
+            if stop:
+                keep = batch.drop(stop).to(device)
+                if not batch.jobs:
+                    return {}
+                latents, scales = latents[keep], scales[keep]
+                embeds, mask = _keep_rows(embeds, keep, guided), _keep_rows(mask, keep, guided)
+                # The solver's memory of earlier steps has one row per image too.
+                scheduler.model_outputs = [None if m is None else m[keep] for m in scheduler.model_outputs]
             model_input = torch.cat([latents, latents]) if guided else latents
             timestep = t.expand(model_input.shape[0]) * timestep_scale
             noise = self.transformer(
@@ -144,8 +180,48 @@ class Denoiser:
                 noise = noise.chunk(2, dim=1)[0]
             latents = scheduler.step(noise, t, latents, return_dict=False)[0]
             if on_step is not None:
-                on_step(step, len(timesteps))
-        return list(latents.split(counts))
+                on_step(StepReport(step, len(timesteps), tuple(batch.jobs),
+                                   self._previews(all_jobs, batch, step, scheduler.model_outputs[-1])))
+        return dict(zip(batch.jobs, latents.split(batch.counts)))
+
+    @staticmethod
+    def _previews(jobs: list[DenoiseJob], batch: "_Rows", step: int, clean: torch.Tensor) -> dict[int, torch.Tensor]:
+        """The clean-latent prediction (the multistep solver's last converted model output, x0 for
+        dpmsolver++) of each job that asked for a preview after this step."""
+        wanted = {i for i in batch.jobs if step in jobs[i].preview_steps}
+        if not wanted:
+            return {}
+        return {i: rows.float().cpu().clone() for i, rows in zip(batch.jobs, clean.split(batch.counts)) if i in wanted}
+
+
+def _nothing_dropped() -> Collection[int]:
+    return ()
+
+
+class _Rows:
+    """Which jobs a running batch still holds, and how many image rows each has."""
+
+    def __init__(self, jobs: list[int], counts: list[int]) -> None:
+        self.jobs, self.counts = jobs, counts
+
+    def drop(self, stop: set[int]) -> torch.Tensor:
+        """Forget the jobs in `stop`; the indices of the image rows that remain."""
+        keep, row = [], 0
+        for job, count in zip(self.jobs, self.counts):
+            if job not in stop:
+                keep.extend(range(row, row + count))
+            row += count
+        pairs = [(job, count) for job, count in zip(self.jobs, self.counts) if job not in stop]
+        self.jobs, self.counts = [job for job, _ in pairs], [count for _, count in pairs]
+        return torch.tensor(keep, dtype=torch.long)
+
+
+def _keep_rows(tensor: torch.Tensor, keep: torch.Tensor, guided: bool) -> torch.Tensor:
+    """Rows `keep` of per-image conditioning; with guidance the tensor is [negatives; prompts]."""
+    if not guided:
+        return tensor[keep]
+    negatives, prompts = tensor.chunk(2)
+    return torch.cat([negatives[keep], prompts[keep]])
 
 
 def _per_image(prompts: list[PromptEmbedding], counts: list[int]) -> tuple[torch.Tensor, torch.Tensor]:

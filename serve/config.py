@@ -181,6 +181,61 @@ class GatewayConfig(_Section):
     size_routes: list[SizeRoute] = []
     """Requests without `model` whose larger side is above `above` go to `route`; the rest go to
     the default route."""
+    preview_max_side: int = Field(512, ge=32, le=4096)
+    """Longer side, in pixels, of streamed previews (partial images); decoded from downsampled latents."""
+
+
+class FilesConfig(_Section):
+    """Results by URL (`response_format: url`, job results): files served at /v1/images/files/{id}."""
+
+    directory: str | None = None
+    """Where files are kept: a volume every gateway replica mounts (a shared one on a cluster);
+    default: the `files` folder under $SANA_SERVE_CACHE."""
+    ttl_s: float = Field(3600.0, gt=0)
+    """A file is served for this long after it was written, then removed."""
+    max_bytes: int = Field(2 * 1024**3, ge=1024)
+    """Bytes the folder may hold; past it the oldest files go first."""
+    url_base: str | None = Field(None, pattern=r"^https?://[^\s]+[^/]$")
+    """Prefix of file URLs (e.g. https://images.example.com); default: the scheme and host the
+    request came in on."""
+
+
+class WebhookConfig(_Section):
+    """Signed POSTs to a job's `webhook.url` (Standard Webhooks headers)."""
+
+    allowed_hosts: list[str] = []
+    """Hosts (or host:port) a webhook may be sent to; a job naming any other is refused with 400.
+    Empty: webhooks are refused. The cluster never calls addresses a client chose freely."""
+    secret_env: str = Field("SANA_SERVE_WEBHOOK_SECRET", min_length=1)
+    """Environment variable with the HMAC-SHA256 signing secret (required to send webhooks)."""
+    max_attempts: int = Field(5, ge=1, le=20)
+    """Tries per delivery; non-2xx answers and connection errors are retried."""
+    backoff_s: float = Field(1.0, ge=0)
+    """Wait before the second try; doubled each time after."""
+    timeout_s: float = Field(10.0, gt=0)
+    """Per-attempt timeout."""
+
+
+class JobsConfig(_Section):
+    """Async jobs: POST /v1/images/jobs and friends, kept in one JobStore deployment."""
+
+    ttl_s: float = Field(3600.0, gt=0)
+    """A finished job (and its events) is kept this long, then answers 404 "expired"."""
+    max_jobs: int = Field(10000, ge=1)
+    """Job records kept at most; past it the oldest finished ones expire first, and when all are
+    unfinished a new job is refused with 503."""
+    max_events: int = Field(2000, ge=10)
+    """Events kept per job for replay (a job's progress is ~steps + 10 events)."""
+    runners_per_gateway: int = Field(4, ge=1)
+    """Jobs one gateway replica runs at once; the rest wait in the store's queue."""
+    lease_s: float = Field(30.0, gt=0)
+    """A running job whose gateway replica has not reported for this long is requeued (the
+    replica is presumed lost) and run again by another one, with the same seed."""
+    max_attempts: int = Field(2, ge=1)
+    """Runs per job before it fails for good."""
+    webhooks: WebhookConfig = WebhookConfig()
+    store: DeploymentOptions = {}
+    """Ray Serve options of the JobStore deployment (it must have exactly one replica)."""
 
 
 class WordFilterConfig(_Section):
@@ -245,6 +300,8 @@ class AppConfig(_Section):
     gateway: GatewayConfig = GatewayConfig()
     safety: SafetyConfig = SafetyConfig()
     auth: AuthConfig = AuthConfig()
+    jobs: JobsConfig = JobsConfig()
+    files: FilesConfig = FilesConfig()
 
     @model_validator(mode="before")
     @classmethod
@@ -267,6 +324,8 @@ class AppConfig(_Section):
         for index, rule in enumerate(self.gateway.size_routes):
             if rule.route not in self.routes:
                 raise ValueError(f"gateway.size_routes[{index}].route {rule.route!r} is not one of the routes")
+        if self.jobs.store.get("num_replicas", 1) != 1 or "autoscaling_config" in self.jobs.store:
+            raise ValueError("jobs.store: the JobStore keeps state in memory and must have num_replicas: 1")
         for name, route in self.routes.items():
             batch, n = route.denoiser.batching.max_batch_size, self.max_images(name)
             if batch < n:
@@ -335,6 +394,10 @@ def load_serve_config(path: str | os.PathLike[str]) -> dict[str, Any]:
     if not isinstance(data, dict) or not isinstance(data.get("applications"), list) or not data["applications"]:
         raise ConfigError(f"config {path}: expected a Serve config with an 'applications' list")
     return data
+
+
+def files_dir(config: FilesConfig) -> Path:
+    return Path(config.directory) if config.directory else cache_dir() / "files"
 
 
 def cache_dir() -> Path:

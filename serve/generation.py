@@ -14,7 +14,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from functools import wraps
@@ -28,7 +28,7 @@ from serve.errors import ApiError, BadRequest, Cancelled, ModelNotFound, Overloa
 from serve.images import encode_image
 from serve.logs import error_text, log_event
 from serve.metrics import GatewayMetrics
-from serve.payloads import DenoiseSpec, Pixels
+from serve.payloads import DenoiseSpec, Latents, Pixels
 from serve.schemas import ImageGenerationRequest, Timings
 from serve.validation import NATIVE_SIZE, parse_size
 from serve.word_filter import WordFilter
@@ -56,7 +56,9 @@ class StageHandles:
 class GenerationEvent:
     """A milestone of one generation, for progress reporting (streaming and jobs build on these)."""
 
-    kind: str  # routed, encoding, denoising, encoding_images, done
+    # routed, encoding, denoising, step (detail: step, total), partial_image (index, images, size),
+    # decoding, encoding_images, done (timings_ms)
+    kind: str
     request_id: str
     elapsed_ms: float
     detail: dict[str, Any] = field(default_factory=dict)
@@ -87,37 +89,64 @@ class ModelInfo:
 
 
 class _Progress:
-    """Emits events and honours cancellation for one generation."""
+    """Emits events and honours cancellation for one generation; remembers the stage calls in
+    flight so that a cancel (or the caller's task being cancelled) stops them all."""
 
     def __init__(self, request_id: str, started: float, on_event: EventCallback | None,
                  cancel: asyncio.Event | None) -> None:
-        self.request_id, self.started, self.on_event, self.cancel = request_id, started, on_event, cancel
+        self.request_id, self.started, self.on_event = request_id, started, on_event
+        self.cancel = cancel or asyncio.Event()
+        self.in_flight: list[Any] = []
+
+    @property
+    def wanted(self) -> bool:
+        return self.on_event is not None
+
+    def elapsed_ms(self) -> float:
+        return round((time.perf_counter() - self.started) * 1000, 3)
 
     def emit(self, kind: str, **detail: Any) -> None:
         self.check()
         if self.on_event is not None:
-            elapsed = round((time.perf_counter() - self.started) * 1000, 3)
-            self.on_event(GenerationEvent(kind, self.request_id, elapsed, detail))
+            self.on_event(GenerationEvent(kind, self.request_id, self.elapsed_ms(), detail))
 
     def check(self) -> None:
-        if self.cancel is not None and self.cancel.is_set():
+        if self.cancel.is_set():
             raise Cancelled("the generation was cancelled")
 
+    def track(self, response: Any) -> Any:
+        if response is not None:
+            self.in_flight.append(response)
+        return response
+
+    def cancel_in_flight(self) -> None:
+        for response in self.in_flight:
+            _cancel(response)
+        self.in_flight.clear()
+
     async def result(self, response: Awaitable[Any]) -> Any:
-        """`await response`, unless cancellation comes first: then the stage call is cancelled too."""
-        if self.cancel is None:
-            return await response
+        """`await response`, unless cancellation comes first: then Cancelled."""
         call = asyncio.ensure_future(response)
         cancelled = asyncio.ensure_future(self.cancel.wait())
         try:
             await asyncio.wait({call, cancelled}, return_when=asyncio.FIRST_COMPLETED)
         finally:
             cancelled.cancel()
-        if not call.done():
-            call.cancel()
-            _cancel(response)
+            if not call.done():
+                call.cancel()
+        if not call.done() or call.cancelled():
             raise Cancelled("the generation was cancelled")
         return call.result()
+
+    async def items(self, stream: AsyncIterator[Any]) -> AsyncIterator[Any]:
+        """The items of a streaming stage call, until it ends or cancellation comes."""
+        iterator = aiter(stream)
+        while True:
+            try:
+                item = await self.result(anext(iterator))
+            except StopAsyncIteration:
+                return
+            yield item
 
 
 def _cancel(response: Any) -> None:
@@ -174,7 +203,15 @@ class GenerationService:
         generation (and its in-flight stage call) with `Cancelled`."""
         started = time.perf_counter() if received_at is None else received_at
         progress = _Progress(request_id, started, on_event, cancel)
-        return await self._generate(request, request_id, started, progress)
+        try:
+            return await self._generate(request, request_id, started, progress)
+        except (Cancelled, asyncio.CancelledError):
+            # Cancelled by the caller, or the caller's task was (its HTTP client went away):
+            # nothing upstream keeps working for nobody.
+            progress.cancel_in_flight()
+            self.metrics.generation_cancelled()
+            log_event(logger, "request_cancelled", request_id=request_id)
+            raise
 
     async def _generate(self, request: ImageGenerationRequest, request_id: str, started: float,
                         progress: _Progress) -> GenerationResult:
@@ -210,12 +247,13 @@ class GenerationService:
         bin_wh = bin_size(width, height, resolution)
 
         # 5. Stages: (classifier ∥ encode) → denoise → decode, retried if a replica dies mid-call.
-        pixels, revised_prompt = await self._run_stages(route, resolved, bin_wh, progress)
+        pixels, revised_prompt = await self._run_stages(route, resolved, bin_wh, progress,
+                                                        request.partial_images or 0, request.output_format)
 
         # 6. Encode images off the event loop.
         progress.emit("encoding_images")
         encode_started = time.perf_counter()
-        images = await self._encode_images(pixels, request.output_format)
+        images = await self._encode_images(pixels.images, request.output_format)
         image_encode_ms = (time.perf_counter() - encode_started) * 1000
 
         # 7. Timings, metrics, log.
@@ -308,7 +346,7 @@ class GenerationService:
         if self.stages.classifier is None:
             return prompt, encoded
         settings = self.config.safety.classifier
-        score = await progress.result(self.stages.classifier.score.remote(prompt))
+        score = await progress.result(progress.track(self.stages.classifier.score.remote(prompt)))
         if score <= settings.threshold:
             return prompt, encoded
         self.metrics.safety_replacement("classifier")
@@ -318,7 +356,7 @@ class GenerationService:
     # --- stages -------------------------------------------------------------------------------
 
     async def _run_stages(self, route: str, resolved: ResolvedRequest, bin_wh: tuple[int, int],
-                          progress: _Progress) -> tuple[Pixels, str]:
+                          progress: _Progress, partial_images: int, output_format: str) -> tuple[Pixels, str]:
         handles = self.stages.routes[route]
         spec = DenoiseSpec(
             seed=resolved.seed,
@@ -327,40 +365,89 @@ class GenerationService:
             height=bin_wh[1],
             steps=resolved.steps,
             guidance_scale=resolved.guidance_scale,
+            progress=progress.wanted,
+            preview_steps=preview_steps(resolved.steps, partial_images) if progress.wanted else (),
         )
         progress.emit("encoding")
         prompt_text, prompt = await self._screen(resolved.prompt, progress)
         retries_left = self.config.gateway.stage_retries
         while True:
             try:
-                # Not awaited in between: each response goes straight into the next call.
-                negative = (self.stages.text_encoder.encode.remote(resolved.negative_prompt, False)
-                            if resolved.uses_guidance else None)
-                latents = handles.denoiser.denoise.remote(spec, prompt, negative)
-                progress.emit("denoising", steps=resolved.steps)
-                decoded = handles.decoder.decode.remote(latents, resolved.width, resolved.height)
-                try:
-                    pixels = await progress.result(decoded)
-                except Cancelled:
-                    for pending in (prompt, negative, latents):  # nothing upstream works for nobody
-                        if pending is not None:
-                            _cancel(pending)
-                    raise
+                # The encodings go into the denoiser call unawaited (through Ray's object store).
+                negative = progress.track(self.stages.text_encoder.encode.remote(resolved.negative_prompt, False)
+                                          if resolved.uses_guidance else None)
+                progress.track(prompt)
+                stream = progress.track(handles.denoiser.options(stream=True).denoise.remote(spec, prompt, negative))
+                latents = await self._denoise(route, stream, resolved, progress, output_format)
+                progress.emit("decoding")
+                pixels = await progress.result(progress.track(
+                    handles.decoder.decode.remote(latents, resolved.width, resolved.height)))
                 return pixels, prompt_text
             except Exception as exc:  # noqa: BLE001
                 if retries_left <= 0 or not is_replica_failure(exc):
                     raise
                 retries_left -= 1
                 self.metrics.stage_retry(route)
+                progress.cancel_in_flight()
                 prompt = self.stages.text_encoder.encode.remote(prompt_text, True)
                 log_event(logger, "stage_retry", logging.WARNING, request_id=progress.request_id, route=route,
                           error=error_text(exc))
 
-    async def _encode_images(self, pixels: Pixels, output_format: str) -> list[bytes]:
+    async def _denoise(self, route: str, stream: Any, resolved: ResolvedRequest, progress: _Progress,
+                       output_format: str) -> Latents:
+        """The denoiser's final latents; on the way, a `step` event per solver step and a preview
+        decode (on the route's Decoder, in the background) for each preview it streams."""
+        progress.emit("denoising", step=0, total=resolved.steps)
+        previews: list[asyncio.Future[None]] = []
+        latents = None
+        try:
+            async for item in progress.items(stream):
+                if isinstance(item, Latents):
+                    latents = item
+                    continue
+                if item.step == 1:
+                    self.metrics.first_event(route, progress.elapsed_ms())
+                progress.emit("step", step=item.step, total=item.total)
+                if item.preview is not None:
+                    previews.append(asyncio.ensure_future(
+                        self._preview(route, item.preview, len(previews), resolved, progress, output_format)))
+            # Previews come before the result: they are small and already under way.
+            await progress.result(asyncio.gather(*previews))
+        finally:
+            for task in previews:
+                task.cancel()
+        if latents is None:
+            raise RuntimeError("the denoiser's stream ended without latents")
+        return latents
+
+    async def _preview(self, route: str, clean: Any, index: int, resolved: ResolvedRequest, progress: _Progress,
+                       output_format: str) -> None:
+        """Decode a predicted clean latent at reduced size and emit it. A failed preview is logged,
+        never the request's failure."""
+        max_side = self.config.gateway.preview_max_side
+        try:
+            pixels = await self.stages.routes[route].decoder.preview.remote(
+                clean, resolved.width, resolved.height, max_side)
+            images = await self._encode_images(pixels, output_format)
+        except Exception as exc:  # noqa: BLE001
+            log_event(logger, "preview_failed", logging.WARNING, request_id=progress.request_id, error=error_text(exc))
+            return
+        height, width = pixels.shape[1:3]
+        progress.emit("partial_image", index=index, images=images, size=f"{width}x{height}")
+
+    async def _encode_images(self, images: Any, output_format: str) -> list[bytes]:
+        """Encode uint8 images [n, H, W, 3] in the encode pool."""
         loop = asyncio.get_running_loop()
         return list(await asyncio.gather(
-            *(loop.run_in_executor(self._encode_pool, encode_image, image, output_format) for image in pixels.images)
+            *(loop.run_in_executor(self._encode_pool, encode_image, image, output_format) for image in images)
         ))
+
+
+def preview_steps(steps: int, partial_images: int) -> tuple[int, ...]:
+    """0-based steps after which to preview: `partial_images` evenly spaced before the last step
+    (whose result is the image itself); fewer when there are too few steps."""
+    chosen = {round(i * steps / (partial_images + 1)) - 1 for i in range(1, partial_images + 1)}
+    return tuple(sorted(step for step in chosen if 0 <= step < steps - 1))
 
 
 def _timings(pixels: Pixels, image_encode_ms: float, total_ms: float) -> Timings:

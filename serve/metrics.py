@@ -11,7 +11,7 @@ from __future__ import annotations
 from functools import cache
 from typing import Protocol
 
-from ray.serve.metrics import Counter, Histogram
+from ray.serve.metrics import Counter, Gauge, Histogram
 
 # Milliseconds: from a cached text encode (~1 ms) to a 4K generation on a busy CPU (minutes).
 LATENCY_MS_BUCKETS = [1, 2.5, 5, 10, 25, 50, 100, 250, 500, 1000, 2500, 5000, 10000, 30000, 60000, 180000]
@@ -100,6 +100,55 @@ def stage_retries() -> Counter:
     )
 
 
+@cache
+def cancelled() -> Counter:
+    """Counted where the work stops: `gateway` for a generation (client gone, cancel, job cancel),
+    `denoiser` for a request that left its running batch."""
+    return Counter(
+        "sana_cancelled",
+        description="Cancelled work, by where it stopped (gateway: generations; denoiser: batch rows freed).",
+        tag_keys=("stage",),
+    )
+
+
+@cache
+def time_to_first_event() -> Histogram:
+    return Histogram(
+        "sana_time_to_first_event_ms",
+        description="Receipt to the first progress event a streaming or job client sees, by route.",
+        boundaries=LATENCY_MS_BUCKETS,
+        tag_keys=("route",),
+    )
+
+
+@cache
+def jobs() -> Counter:
+    return Counter(
+        "sana_jobs",
+        description="Async jobs by the status they reached (queued, in_progress, completed, failed, cancelled).",
+        tag_keys=("status",),
+    )
+
+
+@cache
+def jobs_queued() -> Gauge:
+    return Gauge("sana_jobs_queued", description="Async jobs waiting for a gateway to run them (job store).")
+
+
+@cache
+def jobs_running() -> Gauge:
+    return Gauge("sana_jobs_running", description="Async jobs being run by a gateway (job store).")
+
+
+@cache
+def webhook_deliveries() -> Counter:
+    return Counter(
+        "sana_webhook_deliveries",
+        description="Webhook POST attempts by result (delivered, retried, failed, refused).",
+        tag_keys=("result",),
+    )
+
+
 class GatewayMetrics(Protocol):
     """What the gateway counts. The generation service and the HTTP layer report through this, so
     unit tests can pass a recorder of their own and run without Ray."""
@@ -111,6 +160,10 @@ class GatewayMetrics(Protocol):
     def safety_replacement(self, layer: str) -> None: ...
 
     def stage_retry(self, route: str) -> None: ...
+
+    def generation_cancelled(self) -> None: ...
+
+    def first_event(self, route: str, elapsed_ms: float) -> None: ...
 
 
 class ServeMetrics:
@@ -130,3 +183,9 @@ class ServeMetrics:
 
     def stage_retry(self, route: str) -> None:
         stage_retries().inc(tags={"route": route})
+
+    def generation_cancelled(self) -> None:
+        cancelled().inc(tags={"stage": "gateway"})
+
+    def first_event(self, route: str, elapsed_ms: float) -> None:
+        time_to_first_event().observe(elapsed_ms, tags={"route": route})

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 
 import numpy as np
 import torch
@@ -37,9 +37,22 @@ class DenoiseSpec:
     height: int
     steps: int
     guidance_scale: float
+    progress: bool = False  # stream a DenoiseProgress after every step
+    preview_steps: tuple[int, ...] = ()  # 0-based steps whose clean-latent prediction to stream
 
     def job(self, prompt: PromptEmbedding, negative: PromptEmbedding | None) -> DenoiseJob:
-        return DenoiseJob(prompt=prompt, negative=negative, **asdict(self))
+        return DenoiseJob(prompt=prompt, negative=negative, seed=self.seed, num_images=self.num_images,
+                          width=self.width, height=self.height, steps=self.steps,
+                          guidance_scale=self.guidance_scale, preview_steps=self.preview_steps)
+
+
+@dataclass(frozen=True)
+class DenoiseProgress:
+    """One solver step of a request, streamed out of the Denoiser while its batch runs."""
+
+    step: int  # 1-based: steps done
+    total: int
+    preview: torch.Tensor | None = None  # float32 [n, C, h, w]: predicted clean latents, if asked
 
 
 @dataclass(frozen=True)

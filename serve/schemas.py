@@ -4,11 +4,19 @@ from __future__ import annotations
 
 from typing import Literal
 
-from pydantic import BaseModel, ConfigDict, Field, StrictFloat, StrictInt, StrictStr
+from pydantic import BaseModel, ConfigDict, Field, StrictBool, StrictFloat, StrictInt, StrictStr
 
 from models.registry import DEFAULT_GUIDANCE, DEFAULT_STEPS
 
 OutputFormat = Literal["png", "jpeg", "webp"]
+
+
+class StreamOptions(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    include_progress: StrictBool = Field(
+        False, description="Also send `sana.progress` events (queued, encoding, step k/N, decoding, done)."
+    )
 
 
 class ImageGenerationRequest(BaseModel):
@@ -20,7 +28,9 @@ class ImageGenerationRequest(BaseModel):
     model: StrictStr | None = Field(None, description="A route id from GET /v1/models; default: the default route.")
     n: StrictInt = Field(1, description="Number of images.")
     size: StrictStr | None = Field(None, description='"WIDTHxHEIGHT", e.g. "1024x768"; default: the route\'s native size.')
-    response_format: Literal["b64_json"] = Field("b64_json", description="Only b64_json: images come inline.")
+    response_format: Literal["b64_json", "url"] = Field(
+        "b64_json", description="b64_json: images inline; url: links to GET /v1/images/files/{id} (they expire)."
+    )
     output_format: OutputFormat = Field("png", description="Image encoding.")
     negative_prompt: StrictStr = Field("", description="What not to draw (used when guidance_scale > 1).")
     seed: StrictInt | None = Field(None, description="Random seed; chosen by the server and returned when absent.")
@@ -29,10 +39,16 @@ class ImageGenerationRequest(BaseModel):
         None, description=f"Classifier-free guidance; default {DEFAULT_GUIDANCE}; <= 1 turns it off."
     )
     user: StrictStr | None = Field(None, description="OpenAI's end-user id; logged, otherwise unused.")
+    stream: StrictBool = Field(
+        False, description="Answer text/event-stream: partial images, then one completed event per image."
+    )
+    partial_images: StrictInt | None = Field(None, description="Previews to stream (0-3) before each image.")
+    stream_options: StreamOptions | None = Field(None, description="Streaming extras (our progress events).")
 
 
 class ImageData(BaseModel):
-    b64_json: str
+    b64_json: str | None = None
+    url: str | None = None
     revised_prompt: str = Field(description="The prompt as generated, after the safety filter.")
 
 

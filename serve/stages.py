@@ -9,17 +9,20 @@ config's values replace them before the first call).
 from __future__ import annotations
 
 import asyncio
+import itertools
 import logging
 import socket
 import time
+from collections.abc import AsyncIterator
 
+import numpy as np
 import torch
 from ray import serve
 
 from models.binning import resolution_for_sample_size
 from models.decoder import Decoder as DecoderStage
 from models.decoder import TilingConfig
-from models.denoiser import DenoiseJob
+from models.denoiser import DenoiseJob, DropCallback, StepCallback, StepReport
 from models.denoiser import Denoiser as DenoiserStage
 from models.registry import DEFAULT_GUIDANCE
 from models.safety_classifier import SafetyClassifier as SafetyClassifierStage
@@ -28,7 +31,7 @@ from models.text_encoder import TextEncoder as TextEncoderStage
 from serve import metrics
 from serve.checkpoint_specs import resolve_checkpoint
 from serve.config import Batching, ClassifierConfig, StageConfig, TilingSettings
-from serve.payloads import DenoiseSpec, EncodedPrompt, Latents, Pixels, StageTiming
+from serve.payloads import DenoiseProgress, DenoiseSpec, EncodedPrompt, Latents, Pixels, StageTiming
 
 logger = logging.getLogger("sana_serve.stages")
 
@@ -59,6 +62,13 @@ def _configure_batching(batch_method, batching: Batching) -> None:
 
 def _images_in(specs: list[DenoiseSpec]) -> int:
     return sum(spec.num_images for spec in specs)
+
+
+def _progress(spec: DenoiseSpec, report: StepReport, index: int) -> DenoiseProgress | None:
+    """What request `index` of the batch hears about a step: nothing unless it asked for progress."""
+    if not spec.progress:
+        return None
+    return DenoiseProgress(report.step + 1, report.total, report.previews.get(index))
 
 
 @serve.deployment(name="TextEncoder", ray_actor_options={"num_cpus": 0}, max_ongoing_requests=64)
@@ -118,20 +128,37 @@ def _to_cpu(embedding: PromptEmbedding) -> PromptEmbedding:
 
 @serve.deployment(name="Denoiser", ray_actor_options={"num_cpus": 0}, max_ongoing_requests=32)
 class Denoiser:
-    """Sana DiT + Flow-DPM-Solver for one route, batched over requests (batch size counts images)."""
+    """Sana DiT + Flow-DPM-Solver for one route, batched over requests (batch size counts images).
+
+    `denoise` is a streaming method (call it with `handle.options(stream=True)`): it yields a
+    DenoiseProgress after each step when the spec asks for progress, then the Latents. A caller
+    that stops listening (its response cancelled, its client gone) leaves the running batch before
+    the next step; the other requests in the batch go on with their own pixels."""
 
     def __init__(self, checkpoint: str, stage: StageConfig, route: str, device: str | None = None) -> None:
         _set_threads(stage)
         self.node = _node()
         self.route = route
         self.stage = DenoiserStage.from_pretrained(resolve_checkpoint(checkpoint), device=device)
+        self._abandoned: set[int] = set()  # tickets of callers that stopped listening
+        self._tickets = itertools.count()
         _configure_batching(self.denoise_batch, stage.batching)
         self._warm_up()
 
     async def denoise(
         self, spec: DenoiseSpec, prompt: EncodedPrompt, negative: EncodedPrompt | None
-    ) -> Latents:
-        return await self.denoise_batch(spec, prompt, negative, time.perf_counter())
+    ) -> AsyncIterator[DenoiseProgress | Latents]:
+        ticket = next(self._tickets)
+        finished = False
+        try:
+            async for item in self.denoise_batch(spec, prompt, negative, time.perf_counter(), ticket):
+                if item is not None:
+                    finished = isinstance(item, Latents)
+                    yield item
+        finally:
+            if not finished:  # cancelled or closed early: the batch drops this request at its next step
+                self._abandoned.add(ticket)
+                metrics.cancelled().inc(tags={"stage": "denoiser"})
 
     @serve.batch(batch_size_fn=_images_in)
     async def denoise_batch(
@@ -140,25 +167,53 @@ class Denoiser:
         prompts: list[EncodedPrompt],
         negatives: list[EncodedPrompt | None],
         arrived: list[float],
-    ) -> list[Latents]:
+        tickets: list[int],
+    ) -> AsyncIterator[list[DenoiseProgress | Latents | None | type[StopIteration]]]:
+        """Yields one item per request after each step (None where there is nothing to tell), then
+        each request's Latents (StopIteration for one that was dropped)."""
         jobs = [s.job(p.embedding, n.embedding if n is not None else None) for s, p, n in zip(specs, prompts, negatives)]
         images = _images_in(specs)
         metrics.batch_size().observe(images, tags={"stage": "denoiser"})
+        loop = asyncio.get_running_loop()
+        reports: asyncio.Queue[StepReport | None] = asyncio.Queue()
         started = time.perf_counter()
-        latents = await asyncio.to_thread(self._run, jobs)
-        compute = time.perf_counter() - started
-        metrics.denoise_steps().inc(sum(s.steps * s.num_images for s in specs), tags={"route": self.route})
-        results = []
+
+        def on_step(report: StepReport) -> None:  # in the compute thread
+            loop.call_soon_threadsafe(reports.put_nowait, report)
+
+        def dropped() -> list[int]:
+            return [i for i, ticket in enumerate(tickets) if ticket in self._abandoned]
+
+        def run() -> list[torch.Tensor | None]:
+            try:
+                return self._run(jobs, on_step, dropped)
+            finally:
+                loop.call_soon_threadsafe(reports.put_nowait, None)
+
+        compute = asyncio.ensure_future(asyncio.to_thread(run))
+        try:
+            while (report := await reports.get()) is not None:
+                metrics.denoise_steps().inc(sum(specs[i].num_images for i in report.jobs), tags={"route": self.route})
+                yield [_progress(specs[i], report, i) if i in report.jobs else None for i in range(len(specs))]
+            latents = await compute
+        finally:
+            self._abandoned.difference_update(tickets)
+        elapsed = _ms(time.perf_counter() - started)
+        results: list[Latents | type[StopIteration]] = []
         for z, p, n, t in zip(latents, prompts, negatives, arrived):
+            if z is None:
+                results.append(StopIteration)
+                continue
             # The encode share of a request is its slower prompt (both ran concurrently).
             encode = max((e for e in (p, n) if e is not None), key=lambda e: e.timing.compute_ms).timing
-            timing = StageTiming(_ms(started - t), _ms(compute), images, self.node)
+            timing = StageTiming(_ms(started - t), elapsed, images, self.node)
             results.append(Latents(latents=z, timings={"encode": encode, "denoise": timing}))
-        return results
+        yield results
 
     @torch.inference_mode()
-    def _run(self, jobs: list[DenoiseJob]) -> list[torch.Tensor]:
-        return [z.cpu() for z in self.stage.denoise(jobs)]
+    def _run(self, jobs: list[DenoiseJob], on_step: StepCallback | None = None,
+             dropped: DropCallback | None = None) -> list[torch.Tensor | None]:
+        return [None if z is None else z.cpu() for z in self.stage.denoise(jobs, on_step, dropped)]
 
     def _warm_up(self) -> None:
         side = min(resolution_for_sample_size(self.stage.sample_size), 1024)
@@ -193,6 +248,10 @@ class Decoder:
 
     def ping(self) -> None:
         """The gateway's capacity probe: answers as soon as this replica has a free slot."""
+
+    async def preview(self, latents: torch.Tensor, width: int, height: int, max_side: int) -> np.ndarray:
+        """A reduced-size look at a request's predicted clean latents (for streamed previews)."""
+        return await asyncio.to_thread(self.stage.preview, latents, width, height, max_side)
 
     async def decode(self, latents: Latents, width: int, height: int) -> Pixels:
         started = time.perf_counter()

@@ -23,6 +23,7 @@ from serve.schemas import ImageGenerationRequest
 SIZE = re.compile(r"^(\d{1,5})x(\d{1,5})$")
 SIZE_PATTERN = r"^[0-9]{1,5}x[0-9]{1,5}$"
 NATIVE_SIZE = "auto"  # OpenAI's spelling of "the model's own size"
+MAX_PARTIAL_IMAGES = 3  # OpenAI's bound
 
 
 def parse_size(size: str) -> tuple[int, int]:
@@ -74,6 +75,7 @@ def limited_request_model(limits: Limits, max_images: int) -> type[ImageGenerati
         num_inference_steps=field("num_inference_steps", Annotated[StrictInt, Field(ge=1, le=limits.max_steps)] | None),
         guidance_scale=field("guidance_scale", Annotated[StrictFloat, Field(ge=0, le=limits.max_guidance)] | None),
         seed=field("seed", Annotated[StrictInt, Field(ge=0, le=MAX_SEED)] | None),
+        partial_images=field("partial_images", Annotated[StrictInt, Field(ge=0, le=MAX_PARTIAL_IMAGES)] | None),
     )
 
 

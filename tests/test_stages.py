@@ -146,10 +146,47 @@ def _jobs(text_encoder: TextEncoder) -> list[DenoiseJob]:
 def test_denoiser_reports_progress_and_groups_mixed_jobs(pipeline, text_encoder):
     steps_seen = []
     jobs = _jobs(text_encoder)
-    latents = pipeline.denoiser.denoise(jobs, on_step=lambda i, total: steps_seen.append((i, total)))
+    latents = pipeline.denoiser.denoise(jobs, on_step=lambda r: steps_seen.append((r.step, r.total, r.jobs)))
     assert [z.shape for z in latents] == [(1, 32, 16, 16), (1, 32, 16, 16), (2, 32, 24, 16)]
     # Two batches: (512x512, 3 steps, CFG) and (512x768, 2 steps, no CFG).
-    assert steps_seen == [(0, 3), (1, 3), (2, 3), (0, 2), (1, 2)]
+    assert steps_seen == [(0, 3, (0, 1)), (1, 3, (0, 1)), (2, 3, (0, 1)), (0, 2, (2,)), (1, 2, (2,))]
+
+
+def test_a_dropped_job_leaves_its_batch_and_the_others_keep_their_pixels(pipeline, text_encoder):
+    prompt = text_encoder.encode(["a red heart"], with_instruction=True)[0]
+    negative = text_encoder.encode([""], with_instruction=False)[0]
+    jobs = [DenoiseJob(prompt, negative, seed=s, num_images=n, width=512, height=512, steps=4, guidance_scale=4.5)
+            for s, n in ((1, 1), (2, 2), (3, 1))]
+    solo = [pipeline.denoiser.denoise([job])[0] for job in jobs]
+    reports = []
+    dropped: set[int] = set()
+
+    def on_step(report) -> None:
+        reports.append(report.jobs)
+        if report.step == 1:
+            dropped.add(1)  # the middle job (two images) is cancelled after step 2
+
+    latents = pipeline.denoiser.denoise(jobs, on_step=on_step, dropped=lambda: dropped)
+    assert latents[1] is None
+    assert reports == [(0, 1, 2), (0, 1, 2), (0, 2), (0, 2)]
+    for index in (0, 2):
+        expected = pipeline.decoder.decode(solo[index], 512, 512).astype(int)
+        got = pipeline.decoder.decode(latents[index], 512, 512).astype(int)
+        assert np.abs(got - expected).max() <= 1
+
+
+def test_previews_are_the_predicted_clean_latents_at_the_asked_steps(pipeline, text_encoder):
+    prompt = text_encoder.encode(["a blue star"], with_instruction=True)[0]
+    job = DenoiseJob(prompt, None, seed=5, num_images=2, width=512, height=768, steps=4, guidance_scale=1.0,
+                     preview_steps=(1, 3))
+    previews = {}
+    final = pipeline.denoiser.denoise([job], on_step=lambda r: previews.update({r.step: r.previews}))[0]
+    assert [step for step, found in previews.items() if found] == [1, 3]
+    assert previews[1][0].shape == final.shape
+    # At the last step the solver's clean prediction is the result itself (final sigma is zero).
+    assert torch.allclose(previews[3][0], final, atol=1e-4)
+    small = pipeline.decoder.preview(previews[1][0], 512, 768, max_side=256)
+    assert small.shape == (2, 256, 171, 3) and small.dtype == np.uint8
 
 
 def test_concurrent_denoise_calls_do_not_share_solver_state(pipeline, text_encoder):

@@ -8,15 +8,17 @@ arguments), or cancelled. Every call is logged in order, so tests can check what
 from __future__ import annotations
 
 import asyncio
+import inspect
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
+import torch
 
 from serve.config import parse_app_config
 from serve.generation import RouteHandles, StageHandles
-from serve.payloads import Pixels, StageTiming
+from serve.payloads import DenoiseProgress, Latents, Pixels, StageTiming
 
 
 class FakeResponse:
@@ -38,13 +40,38 @@ class FakeResponse:
         self.task.cancel()
 
 
+class FakeStream:
+    """A streaming call (`handle.options(stream=True).method.remote(...)`): an async iterator
+    over what the stage's async generator yields, cancellable like a DeploymentResponseGenerator."""
+
+    def __init__(self, run: Callable[..., Any], args: tuple[Any, ...]) -> None:
+        self.cancelled = False
+        self.run, self.args = run, args
+        self.generator = None
+
+    def __aiter__(self):
+        return self
+
+    async def __anext__(self) -> Any:
+        if self.cancelled:
+            raise asyncio.CancelledError
+        if self.generator is None:
+            resolved = [await arg if isinstance(arg, FakeResponse) else arg for arg in self.args]
+            self.generator = self.run(*resolved)
+        return await self.generator.__anext__()
+
+    def cancel(self) -> None:
+        self.cancelled = True
+
+
 class _Method:
     def __init__(self, stage: "FakeStage", name: str) -> None:
         self.stage, self.name = stage, name
 
-    def remote(self, *args: Any) -> FakeResponse:
+    def remote(self, *args: Any) -> FakeResponse | FakeStream:
         self.stage.log.append((self.stage.kind, self.name, args))
-        response = FakeResponse(getattr(self.stage, f"do_{self.name}"), args)
+        run = getattr(self.stage, f"do_{self.name}")
+        response = FakeStream(run, args) if inspect.isasyncgenfunction(run) else FakeResponse(run, args)
         self.stage.responses.append((self.name, response))
         return response
 
@@ -52,6 +79,9 @@ class _Method:
 class FakeStage:
     def __init__(self, kind: str, log: list) -> None:
         self.kind, self.log, self.responses = kind, log, []
+
+    def options(self, **_: Any) -> "FakeStage":
+        return self
 
     def __getattr__(self, name: str) -> _Method:
         if name.startswith("_") or name in ("kind", "log", "responses"):
@@ -87,12 +117,20 @@ class FakeDenoiser(FakeStage):
         self.failures: list[BaseException] = []  # raised by the next calls, one each
         self.delay_s = 0.0
         self.ping_delay_s = 0.0
+        self.steps_run = 0
 
-    async def do_denoise(self, spec, prompt: Encoded, negative: Encoded | None) -> FakeLatents:
+    async def do_denoise(self, spec, prompt: Encoded, negative: Encoded | None):
+        """Like the Denoiser: a DenoiseProgress per step when asked (a preview tensor at the
+        spec's preview steps), then the latents; `delay_s` is spread over the steps."""
         if self.failures:
             raise self.failures.pop(0)
-        await asyncio.sleep(self.delay_s)
-        return FakeLatents(spec, prompt, negative)
+        for step in range(spec.steps):
+            await asyncio.sleep(self.delay_s / spec.steps)
+            self.steps_run += 1
+            if spec.progress:
+                preview = torch.full((spec.num_images, 4, 2, 2), float(step)) if step in spec.preview_steps else None
+                yield DenoiseProgress(step + 1, spec.steps, preview)
+        yield Latents(FakeLatents(spec, prompt, negative))
 
     def do_resolution(self) -> int:
         return 1024
@@ -106,13 +144,18 @@ class FakeDecoder(FakeStage):
         super().__init__(kind, log)
         self.ping_delay_s = 0.0
 
-    def do_decode(self, latents: FakeLatents, width: int, height: int) -> Pixels:
-        n = latents.spec.num_images
+    def do_decode(self, latents: Latents, width: int, height: int) -> Pixels:
+        n = latents.latents.spec.num_images
         images = np.full((n, height, width, 3), 128, dtype=np.uint8)
         return Pixels(images, {"encode": _timing(3.0), "denoise": _timing(20.0, batch=n), "decode": _timing(5.0)})
 
     async def do_ping(self) -> None:
         await asyncio.sleep(self.ping_delay_s)
+
+    def do_preview(self, clean, width: int, height: int, max_side: int) -> np.ndarray:
+        scale = min(1.0, max_side / max(width, height))
+        level = int(clean.flatten()[0])  # the step it was taken at, so tests can tell previews apart
+        return np.full((clean.shape[0], round(height * scale), round(width * scale), 3), level, dtype=np.uint8)
 
 
 class FakeClassifier(FakeStage):
@@ -161,6 +204,8 @@ class RecordingMetrics:
         self.failed: list[tuple[str, int]] = []
         self.replacements: list[str] = []
         self.retries: list[str] = []
+        self.cancelled = 0
+        self.first_events: list[tuple[str, float]] = []
 
     def request_done(self, route: str, timings: dict[str, float], images: int) -> None:
         self.done.append((route, timings, images))
@@ -173,6 +218,12 @@ class RecordingMetrics:
 
     def stage_retry(self, route: str) -> None:
         self.retries.append(route)
+
+    def generation_cancelled(self) -> None:
+        self.cancelled += 1
+
+    def first_event(self, route: str, elapsed_ms: float) -> None:
+        self.first_events.append((route, elapsed_ms))
 
 
 def app_config(**changes: Any):

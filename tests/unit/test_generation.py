@@ -4,13 +4,16 @@ timings, events and cancellation. No Ray, no HTTP."""
 from __future__ import annotations
 
 import asyncio
+import io
 
+import numpy as np
 import pytest
+from PIL import Image
 from ray.exceptions import ActorDiedError
 
 from models.binning import bin_size
 from serve.errors import BadRequest, Cancelled, ModelNotFound, Overloaded, StageFailed
-from serve.generation import GenerationService
+from serve.generation import GenerationService, preview_steps
 from serve.schemas import ImageGenerationRequest
 from tests.unit.fakes import RecordingMetrics, app_config, fake_stages
 
@@ -150,30 +153,84 @@ def test_timings_add_up_and_are_recorded():
     assert metrics.done[0][1] == timings.model_dump()
 
 
-def test_events_arrive_in_order_and_cancel_stops_the_stage_call():
+def test_events_arrive_in_order_with_every_step():
+    service, _, metrics = _service()
+    events = []
+    request = ImageGenerationRequest(prompt="a fox", size="64x64", num_inference_steps=3)
+    asyncio.run(service.generate(request, request_id="r", on_event=events.append))
+    assert [e.kind for e in events] == ["routed", "encoding", "denoising", "step", "step", "step", "decoding",
+                                        "encoding_images", "done"]
+    assert [(e.detail["step"], e.detail["total"]) for e in events if e.kind == "step"] == [(1, 3), (2, 3), (3, 3)]
+    assert all(e.request_id == "r" for e in events) and events[-1].detail["timings_ms"]["total"] > 0
+    assert [route for route, _ in metrics.first_events] == ["r1k"]
+
+
+def test_without_a_listener_the_denoiser_is_not_asked_for_progress():
+    service, stages, _ = _service()
+    asyncio.run(service.generate(ImageGenerationRequest(prompt="a fox", num_inference_steps=3), request_id="r"))
+    spec = stages.calls("denoiser:r1k", "denoise")[0][0]
+    assert not spec.progress and spec.preview_steps == ()
+
+
+@pytest.mark.parametrize("steps, partial, expected", [(20, 1, (9,)), (20, 3, (4, 9, 14)), (2, 3, (0,)),
+                                                      (1, 2, ()), (8, 0, ())])
+def test_preview_steps_are_spread_before_the_last_step(steps, partial, expected):
+    assert preview_steps(steps, partial) == expected
+
+
+def test_partial_images_are_decoded_previews_emitted_before_the_result():
     service, stages, _ = _service()
     events = []
-    _generate_with = ImageGenerationRequest(prompt="a fox", size="64x64", num_inference_steps=1)
-    asyncio.run(service.generate(_generate_with, request_id="r", on_event=events.append))
-    assert [e.kind for e in events] == ["routed", "encoding", "denoising", "encoding_images", "done"]
-    assert all(e.request_id == "r" for e in events) and events[-1].detail["timings_ms"]["total"] > 0
+    request = ImageGenerationRequest(prompt="a fox", size="1024x512", n=2, num_inference_steps=8, partial_images=3)
+    result = asyncio.run(service.generate(request, request_id="r", on_event=events.append))
+    previews = [e for e in events if e.kind == "partial_image"]
+    assert [e.detail["index"] for e in previews] == [0, 1, 2]
+    assert all(e.detail["size"] == "512x256" and len(e.detail["images"]) == 2 for e in previews)
+    # The fake decoder paints a preview with the step it came from: steps 1, 3, 5 (0-based).
+    levels = [np.asarray(Image.open(io.BytesIO(e.detail["images"][0])))[0, 0, 0] for e in previews]
+    assert levels == [1, 3, 5]
+    kinds = [e.kind for e in events]
+    assert kinds.index("decoding") > max(i for i, k in enumerate(kinds) if k == "partial_image")
+    assert len(result.images) == 2
 
+
+def test_cancel_stops_the_denoiser_stream_and_counts():
+    service, stages, metrics = _service()
     stages.routes["r1k"][0].delay_s = 5.0
+    request = ImageGenerationRequest(prompt="a fox", size="64x64", num_inference_steps=50)
 
     async def cancelled_midway():
         cancel = asyncio.Event()
 
         def on_event(event):
-            if event.kind == "denoising":
-                asyncio.get_running_loop().call_later(0.05, cancel.set)
+            if event.kind == "step" and event.detail["step"] == 2:
+                cancel.set()
 
-        await service.generate(_generate_with, request_id="r", on_event=on_event, cancel=cancel)
+        await service.generate(request, request_id="r", on_event=on_event, cancel=cancel)
 
     with pytest.raises(Cancelled):
         asyncio.run(cancelled_midway())
-    decode = [r for name, r in stages.routes["r1k"][1].responses if name == "decode"][-1]
     denoise = [r for name, r in stages.routes["r1k"][0].responses if name == "denoise"][-1]
-    assert decode.cancelled and denoise.cancelled
+    assert denoise.cancelled and stages.routes["r1k"][0].steps_run < 5
+    assert not stages.calls("decoder:r1k", "decode") and metrics.cancelled == 1
+
+
+def test_a_cancelled_caller_task_cancels_the_stage_calls():
+    """What happens when Serve cancels the handler because its HTTP client went away."""
+    service, stages, metrics = _service()
+    stages.routes["r1k"][0].delay_s = 5.0
+
+    async def abandoned():
+        task = asyncio.ensure_future(service.generate(ImageGenerationRequest(prompt="a fox", size="64x64"),
+                                                      request_id="r"))
+        await asyncio.sleep(0.2)
+        task.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await task
+
+    asyncio.run(abandoned())
+    denoise = [r for name, r in stages.routes["r1k"][0].responses if name == "denoise"][-1]
+    assert denoise.cancelled and metrics.cancelled == 1
 
 
 def test_models_lists_routes_with_their_resolution():
