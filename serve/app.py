@@ -2,7 +2,8 @@
 
 Its argument is typed: Ray Serve validates the application's YAML `args` into an `AppConfig`
 before calling it. Builds one shared TextEncoder, one (Denoiser, Decoder) pair per route, and the
-Gateway that composes them; each deployment's Ray options come from the config.
+Gateway that composes them, and the JobStore every gateway replica shares; each deployment's Ray
+options come from the config.
 """
 
 # No `from __future__ import annotations` here: Serve reads build_app's annotation as a class.
@@ -12,6 +13,7 @@ from ray.serve import Application
 
 from serve.config import AppConfig, parse_app_config
 from serve.gateway import Gateway
+from serve.job_store import JobStore
 from serve.stages import Decoder, Denoiser, SafetyClassifier, TextEncoder
 
 
@@ -38,4 +40,5 @@ def build_app(args: AppConfig) -> Application:
         SafetyClassifier.options(**classifier_config.deployment).bind(classifier_config)
         if classifier_config.enabled else None
     )
-    return Gateway.options(**config.gateway.deployment).bind(config, text_encoder, routes, classifier)
+    job_store = JobStore.options(**config.jobs.store).bind(config.jobs)
+    return Gateway.options(**config.gateway.deployment).bind(config, text_encoder, routes, classifier, job_store)

@@ -43,8 +43,17 @@ class RateLimited(ApiError):
     type = "rate_limit_error"
 
 
-class ModelNotFound(ApiError):
+class NotFound(ApiError):
     status = 404
+    type = "invalid_request_error"
+
+
+class ModelNotFound(NotFound):
+    pass
+
+
+class Conflict(ApiError):
+    status = 409
     type = "invalid_request_error"
 
 

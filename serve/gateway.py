@@ -53,11 +53,12 @@ class Gateway:
         text_encoder: DeploymentHandle,
         routes: dict[str, dict[str, DeploymentHandle]],
         classifier: DeploymentHandle | None = None,
+        job_store: DeploymentHandle | None = None,
     ) -> None:
         stages = StageHandles(text_encoder, {name: RouteHandles(**handles) for name, handles in routes.items()},
                               classifier)
         self.admission = Admission(config.gateway.max_inflight)
-        self.deps = build_deps(config, stages, ServeMetrics(), self.admission.slot)
+        self.deps = build_deps(config, stages, ServeMetrics(), self.admission.slot, job_store)
 
     def __serve_build_asgi_app__(self) -> FastAPI:
         # Called by Serve in the replica after __init__: the app's routes reach this replica's

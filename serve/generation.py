@@ -433,7 +433,7 @@ class GenerationService:
             log_event(logger, "preview_failed", logging.WARNING, request_id=progress.request_id, error=error_text(exc))
             return
         height, width = pixels.shape[1:3]
-        progress.emit("partial_image", index=index, images=images, size=f"{width}x{height}")
+        progress.emit("partial_image", index=index, images=images, size=f"{width}x{height}", format=output_format)
 
     async def _encode_images(self, images: Any, output_format: str) -> list[bytes]:
         """Encode uint8 images [n, H, W, 3] in the encode pool."""

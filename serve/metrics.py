@@ -165,6 +165,8 @@ class GatewayMetrics(Protocol):
 
     def first_event(self, route: str, elapsed_ms: float) -> None: ...
 
+    def webhook_attempt(self, result: str) -> None: ...
+
 
 class ServeMetrics:
     """GatewayMetrics on Ray Serve's metrics API (exported to Prometheus as ray_sana_*)."""
@@ -189,3 +191,6 @@ class ServeMetrics:
 
     def first_event(self, route: str, elapsed_ms: float) -> None:
         time_to_first_event().observe(elapsed_ms, tags={"route": route})
+
+    def webhook_attempt(self, result: str) -> None:
+        webhook_deliveries().inc(tags={"result": result})

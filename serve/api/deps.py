@@ -4,37 +4,46 @@ from __future__ import annotations
 
 from contextlib import AbstractContextManager
 from dataclasses import dataclass
-from typing import Callable
+from typing import Any, Callable
 
 from fastapi import Request
 
 from serve.auth import Authenticator
-from serve.config import AppConfig
+from serve.config import AppConfig, files_dir
+from serve.files import DirectoryFileStore, FileStore
 from serve.generation import GenerationService, StageHandles
+from serve.job_runner import JobRunner
 from serve.metrics import GatewayMetrics
 from serve.validation import RequestValidator
+from serve.webhooks import WebhookSender
 
 
 @dataclass(frozen=True)
 class ApiDeps:
+    config: AppConfig
     service: GenerationService
     validator: RequestValidator
     auth: Authenticator
     admit: Callable[[], AbstractContextManager[None]]  # a slot for one generation, or Overloaded
     metrics: GatewayMetrics
+    files: FileStore
+    webhooks: WebhookSender
+    job_store: Any | None = None  # the JobStore's handle (None: no job endpoints)
+    job_runner: JobRunner | None = None  # runs queued jobs in this replica
 
 
 def build_deps(config: AppConfig, stages: StageHandles, metrics: GatewayMetrics,
-               admit: Callable[[], AbstractContextManager[None]]) -> ApiDeps:
+               admit: Callable[[], AbstractContextManager[None]], job_store: Any | None = None) -> ApiDeps:
     """The routers' dependencies from the config: what the Gateway wires, and the unit tier too."""
     largest_n = max(config.max_images(route) for route in config.routes)  # the schema's n bound
-    return ApiDeps(
-        service=GenerationService(config, stages, metrics),
-        validator=RequestValidator(config.gateway.limits, largest_n),
-        auth=Authenticator(config.auth),
-        admit=admit,
-        metrics=metrics,
-    )
+    service = GenerationService(config, stages, metrics)
+    validator = RequestValidator(config.gateway.limits, largest_n)
+    files = DirectoryFileStore(files_dir(config.files), config.files.ttl_s, config.files.max_bytes)
+    webhooks = WebhookSender(config.jobs.webhooks, metrics.webhook_attempt)
+    runner = (JobRunner(job_store, service, validator, files, webhooks, config.jobs)
+              if job_store is not None else None)
+    return ApiDeps(config, service, validator, Authenticator(config.auth), admit, metrics, files, webhooks,
+                   job_store, runner)
 
 
 def deps(request: Request) -> ApiDeps:

@@ -12,12 +12,13 @@ import time
 import uuid
 
 from fastapi import FastAPI, Request
+from fastapi.exceptions import RequestValidationError
 from starlette.datastructures import MutableHeaders
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.responses import Response
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from serve.errors import ApiError, error_response, to_api_error
+from serve.errors import ApiError, BadRequest, error_response, to_api_error
 from serve.logs import error_text, log_event
 from serve.metrics import GatewayMetrics
 
@@ -85,5 +86,13 @@ def add_error_handling(app: FastAPI, metrics: GatewayMetrics) -> None:
             response.headers[name] = value
         return response
 
+    async def parameter_error(request: Request, exc: RequestValidationError) -> Response:
+        # Query and path parameters FastAPI checks (e.g. a page's `limit`): 400 naming the parameter.
+        first = exc.errors()[0]
+        name = str(first["loc"][-1]) if first.get("loc") else None
+        message = f"{name}: {first.get('msg', 'invalid value')}" if name else first.get("msg", "invalid value")
+        return failure_response(BadRequest(message, name), request.state.request_id, request.url.path, metrics)
+
     app.add_exception_handler(StarletteHTTPException, routing_error)
+    app.add_exception_handler(RequestValidationError, parameter_error)
     app.add_middleware(RequestContextMiddleware, metrics=metrics)

@@ -206,6 +206,7 @@ class RecordingMetrics:
         self.retries: list[str] = []
         self.cancelled = 0
         self.first_events: list[tuple[str, float]] = []
+        self.webhooks: list[str] = []
 
     def request_done(self, route: str, timings: dict[str, float], images: int) -> None:
         self.done.append((route, timings, images))
@@ -224,6 +225,9 @@ class RecordingMetrics:
 
     def first_event(self, route: str, elapsed_ms: float) -> None:
         self.first_events.append((route, elapsed_ms))
+
+    def webhook_attempt(self, result: str) -> None:
+        self.webhooks.append(result)
 
 
 def app_config(**changes: Any):
