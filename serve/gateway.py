@@ -58,7 +58,8 @@ class Gateway:
         stages = StageHandles(text_encoder, {name: RouteHandles(**handles) for name, handles in routes.items()},
                               classifier)
         self.admission = Admission(config.gateway.max_inflight)
-        self.deps = build_deps(config, stages, ServeMetrics(), self.admission.slot, job_store)
+        replica = serve.get_replica_context().replica_id.unique_id
+        self.deps = build_deps(config, stages, ServeMetrics(), self.admission.slot, job_store, replica)
 
     def __serve_build_asgi_app__(self) -> FastAPI:
         # Called by Serve in the replica after __init__: the app's routes reach this replica's

@@ -94,7 +94,7 @@ class JobBook:
     async def submit(self, owner: str | None, request: dict[str, Any], webhook: dict[str, Any] | None,
                      idempotency_key: str | None, fingerprint: str = "") -> tuple[dict[str, Any], bool]:
         """(record, created). A repeated Idempotency-Key returns the first job (409 if the body differs)."""
-        self.sweep()
+        self.sweep(room=1)
         if idempotency_key is not None:
             existing = self.jobs.get(self.idempotency.get((owner, idempotency_key), ""))
             if existing is not None:
@@ -183,7 +183,7 @@ class JobBook:
         job.lease_until = self.clock() + self.config.lease_s
         for kind, data in events:
             if kind == "progress":
-                job.progress = {key: data[key] for key in ("stage", "step", "total") if key in data}
+                job.progress = {**job.progress, **{key: data[key] for key in ("stage", "step", "total") if key in data}}
             self._event(job, kind, data)
         if events:
             await self._notify()
@@ -214,9 +214,10 @@ class JobBook:
 
     # --- housekeeping --------------------------------------------------------------------------
 
-    def sweep(self) -> list[dict[str, Any]]:
+    def sweep(self, room: int = 0) -> list[dict[str, Any]]:
         """Requeue (or fail) jobs whose runner's lease ran out; expire finished jobs past their
-        time, then the oldest finished ones while over `max_jobs`. The records that failed now."""
+        time, then the oldest finished ones while over `max_jobs` (less `room` for jobs about to come).
+        The records that failed now."""
         now, failed = self.clock(), []
         for job in self.jobs.values():
             if job.status == IN_PROGRESS and job.lease_until <= now:
@@ -236,7 +237,7 @@ class JobBook:
         for job in finished:
             if (job.completed_at or now) + self.config.ttl_s <= now:
                 self._expire(job)
-        overflow = len(self.jobs) - self.config.max_jobs
+        overflow = len(self.jobs) + room - self.config.max_jobs
         for job in sorted((j for j in finished if j.id in self.jobs), key=lambda j: j.completed_at or 0)[:max(0, overflow)]:
             self._expire(job)
         if failed or self.queue:

@@ -106,11 +106,11 @@ class WebhookSender:
                     problem = error_text(exc)
                 if problem is None:
                     self.on_attempt("delivered")
-                    log_event(logger, "webhook_delivered", request_id=request_id, event=event_type, attempt=attempt)
+                    log_event(logger, "webhook_delivered", request_id=request_id, webhook_event=event_type, attempt=attempt)
                     return True
                 last = attempt == self.config.max_attempts
                 self.on_attempt("failed" if last else "retried")
-                log_event(logger, "webhook_attempt_failed", logging.WARNING, request_id=request_id, event=event_type,
+                log_event(logger, "webhook_attempt_failed", logging.WARNING, request_id=request_id, webhook_event=event_type,
                           attempt=attempt, problem=problem)
                 if not last:
                     await self.sleep(delay)

@@ -33,5 +33,5 @@ def build_api(deps: ApiDeps) -> FastAPI:
     app.state.deps = deps
     for router in (images.router, jobs.router, files.router, models.router, docs.router):
         app.include_router(router)
-    add_error_handling(app, deps.metrics)
+    add_error_handling(app, deps.metrics, deps.replica)
     return app

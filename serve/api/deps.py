@@ -30,10 +30,12 @@ class ApiDeps:
     webhooks: WebhookSender
     job_store: Any | None = None  # the JobStore's handle (None: no job endpoints)
     job_runner: JobRunner | None = None  # runs queued jobs in this replica
+    replica: str = ""  # this gateway replica's id, sent as X-Served-By (tracing across replicas)
 
 
 def build_deps(config: AppConfig, stages: StageHandles, metrics: GatewayMetrics,
-               admit: Callable[[], AbstractContextManager[None]], job_store: Any | None = None) -> ApiDeps:
+               admit: Callable[[], AbstractContextManager[None]], job_store: Any | None = None,
+               replica: str = "") -> ApiDeps:
     """The routers' dependencies from the config: what the Gateway wires, and the unit tier too."""
     largest_n = max(config.max_images(route) for route in config.routes)  # the schema's n bound
     service = GenerationService(config, stages, metrics)
@@ -43,7 +45,7 @@ def build_deps(config: AppConfig, stages: StageHandles, metrics: GatewayMetrics,
     runner = (JobRunner(job_store, service, validator, files, webhooks, config.jobs)
               if job_store is not None else None)
     return ApiDeps(config, service, validator, Authenticator(config.auth), admit, metrics, files, webhooks,
-                   job_store, runner)
+                   job_store, runner, replica)
 
 
 def deps(request: Request) -> ApiDeps:

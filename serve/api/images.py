@@ -185,4 +185,5 @@ class _OpenAIStream:
             "size": f"{result.width}x{result.height}", "output_format": result.output_format, "quality": "auto",
             "background": "opaque", "image_index": index, "revised_prompt": result.revised_prompt,
             "model": result.route, "seed": result.seed, "timings_ms": result.timings.model_dump(),
+            "batch_size": result.batch_size,
         }) for index, image in enumerate(images)]

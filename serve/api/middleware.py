@@ -25,6 +25,7 @@ from serve.metrics import GatewayMetrics
 logger = logging.getLogger("sana_serve.api")
 REQUEST_ID_HEADER = "x-request-id"
 MAX_REQUEST_ID_CHARS = 128
+SERVED_BY_HEADER = "x-served-by"
 
 
 def failure_response(exc: Exception, request_id: str | None, path: str, metrics: GatewayMetrics) -> Response:
@@ -47,9 +48,10 @@ def http_error(exc: StarletteHTTPException) -> ApiError:
 class RequestContextMiddleware:
     """Request id in, X-Request-Id out, and any exception a route raises turned into JSON."""
 
-    def __init__(self, app: ASGIApp, metrics: GatewayMetrics) -> None:
+    def __init__(self, app: ASGIApp, metrics: GatewayMetrics, served_by: str = "") -> None:
         self.app = app
         self.metrics = metrics
+        self.served_by = served_by
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
@@ -65,7 +67,10 @@ class RequestContextMiddleware:
             nonlocal response_started
             if message["type"] == "http.response.start":
                 response_started = True
-                MutableHeaders(scope=message).setdefault(REQUEST_ID_HEADER, request_id)
+                headers = MutableHeaders(scope=message)
+                headers.setdefault(REQUEST_ID_HEADER, request_id)
+                if self.served_by:
+                    headers.setdefault(SERVED_BY_HEADER, self.served_by)
             await send(message)
 
         try:
@@ -77,7 +82,7 @@ class RequestContextMiddleware:
             await response(scope, receive, send_with_id)
 
 
-def add_error_handling(app: FastAPI, metrics: GatewayMetrics) -> None:
+def add_error_handling(app: FastAPI, metrics: GatewayMetrics, served_by: str = "") -> None:
     async def routing_error(request: Request, exc: StarletteHTTPException) -> Response:
         # The router raises these itself (404/405) and Starlette would answer them in its own
         # shape before our middleware sees them: map them the same way.
@@ -95,4 +100,4 @@ def add_error_handling(app: FastAPI, metrics: GatewayMetrics) -> None:
 
     app.add_exception_handler(StarletteHTTPException, routing_error)
     app.add_exception_handler(RequestValidationError, parameter_error)
-    app.add_middleware(RequestContextMiddleware, metrics=metrics)
+    app.add_middleware(RequestContextMiddleware, metrics=metrics, served_by=served_by)
