@@ -12,6 +12,7 @@ import httpx
 import pytest
 
 from tests.serve_harness import deployed, local_args, metric_value, scrape_metrics, settled
+from tests.webhook_receiver import Receiver
 
 ROOT = Path(__file__).resolve().parent.parent
 APP = "sana-ops"
@@ -25,12 +26,29 @@ OUR_METRICS = {
     "ray_sana_safety_replacements": "counter",
     "ray_sana_errors": "counter",
     "ray_sana_text_embedding_cache": "counter",
+    "ray_sana_jobs": "counter",
+    "ray_sana_time_to_first_event_ms": "histogram",
+    "ray_sana_cancelled": "counter",
+    "ray_sana_webhook_deliveries": "counter",
 }
+WEBHOOK_SECRET = "whsec-ops-test"
 
 
 @pytest.fixture(scope="module")
-def base_url(ray_serve, tiny_checkpoint):
-    with deployed(local_args(str(tiny_checkpoint)), APP, "/ops"):
+def webhook_receiver():
+    """A loopback receiver that accepts every delivery."""
+    receiver = Receiver()
+    yield receiver
+    receiver.close()
+
+
+@pytest.fixture(scope="module")
+def base_url(ray_serve, tiny_checkpoint, webhook_receiver):
+    args = local_args(str(tiny_checkpoint))
+    args["jobs"] = {"webhooks": {"allowed_hosts": [webhook_receiver.host]}}
+    actor = args["gateway"]["deployment"].setdefault("ray_actor_options", {})
+    actor["runtime_env"] = {"env_vars": {"SANA_SERVE_WEBHOOK_SECRET": WEBHOOK_SECRET}}
+    with deployed(args, APP, "/ops"):
         yield f"{ray_serve}/ops"
 
 
@@ -45,7 +63,7 @@ def _ours(samples) -> list:
 
 
 @pytest.fixture(scope="module")
-def scraped(base_url) -> dict[str, list]:
+def scraped(base_url, webhook_receiver) -> dict[str, list]:
     """Traffic of every kind, then the scrape once Ray has exported it (it reports every few s)."""
     bodies = [
         {"prompt": "a red fox", "size": "512x512", "num_inference_steps": 2, "seed": 1, "n": 2},
@@ -56,11 +74,20 @@ def scraped(base_url) -> dict[str, list]:
         list(pool.map(lambda b: httpx.post(f"{base_url}{URL}", json=b, timeout=120), bodies))
     # After the first one has answered, so it is a cache hit rather than a duplicate in one batch.
     httpx.post(f"{base_url}{URL}", json={**bodies[0], "seed": 2, "n": 1}, timeout=120)
+    # A job with a webhook, and a streaming client that leaves mid-denoise (cancelled work).
+    hook = {"url": f"http://{webhook_receiver.host}/hook"}
+    httpx.post(f"{base_url}/v1/images/jobs", json={**bodies[0], "webhook": hook}, timeout=60).raise_for_status()
+    streamed = {**bodies[0], "num_inference_steps": 40, "stream": True, "stream_options": {"include_progress": True}}
+    with httpx.stream("POST", f"{base_url}{URL}", json=streamed, timeout=120) as response:
+        for line in response.iter_lines():
+            if '"step": 2' in line:
+                break
     deadline = time.monotonic() + 90
     while True:
         samples = scrape_metrics()
         if all(f"{name}_count" in samples or f"{name}_total" in samples for name in OUR_METRICS):
-            if _value(samples, "ray_sana_images_generated_total", route="sana-shapes") >= 4:
+            if (_value(samples, "ray_sana_images_generated_total", route="sana-shapes") >= 6
+                    and _value(samples, "ray_sana_jobs_total", status="completed") >= 1):
                 # Each replica exports on its own clock: scrape again once none of ours moves.
                 settled(_ours)
                 return scrape_metrics()
@@ -88,6 +115,13 @@ def test_our_metrics_are_exported_with_sensible_values(scraped):
     assert _value(scraped, "ray_sana_errors_total", type="invalid_request_error", status="400") >= 1
     assert _value(scraped, "ray_sana_text_embedding_cache_total", result="hit") >= 1
     assert _value(scraped, "ray_sana_text_embedding_cache_total", result="miss") >= 1
+    for status in ("queued", "in_progress", "completed"):
+        assert _value(scraped, "ray_sana_jobs_total", status=status) >= 1, status
+    assert _value(scraped, "ray_sana_webhook_deliveries_total", result="delivered") >= 1
+    assert _value(scraped, "ray_sana_time_to_first_event_ms_count", route="sana-shapes") >= 2
+    assert _value(scraped, "ray_sana_cancelled_total", stage="gateway") >= 1
+    assert _value(scraped, "ray_sana_cancelled_total", stage="denoiser") >= 1
+    assert "ray_sana_jobs_queued" in scraped and "ray_sana_jobs_running" in scraped
     # Ray tags each series with its deployment and replica.
     sample = next(s for s in scraped["ray_sana_denoise_steps_total"] if s.labels.get("application") == APP)
     assert sample.labels["deployment"] == "Denoiser-sana-shapes" and sample.labels["replica"]
