@@ -31,6 +31,7 @@ def base_url(ray_serve, tiny_checkpoint, tmp_path_factory):
     args["gateway"]["deployment"] = {**args["gateway"]["deployment"], "num_replicas": 2}
     args["gateway"]["limits"]["max_steps"] = 400
     args["files"] = {"directory": str(tmp_path_factory.mktemp("files"))}
+    args["jobs"] = {"lease_s": 3.0, "runners_per_gateway": 4}
     with deployed(args, APP, "/"):
         yield ray_serve
 
@@ -161,3 +162,45 @@ def test_a_streaming_client_that_goes_away_stops_its_denoising(base_url):
     assert settled(lambda s: metric_value(s, "ray_sana_cancelled_total", APP, stage="denoiser")) > rows_before
     # The service is fine afterwards.
     assert httpx.post(f"{base_url}/v1/images/generations", json=BASE_BODY, timeout=120).status_code == 200
+
+
+def test_jobs_survive_the_loss_of_a_gateway_replica(base_url, pipeline):
+    """Eight jobs keep all eight runners (four per gateway) busy; one gateway replica is killed.
+    Its jobs stop renewing their lease, are queued again and finish on the other replica, with
+    the pixels they would have had."""
+    import ray
+
+    steps = 30
+    bodies = [{**BASE_BODY, "seed": 300 + i, "num_inference_steps": steps} for i in range(8)]
+    ids = [httpx.post(f"{base_url}/v1/images/jobs", json=b, timeout=60).json()["id"] for b in bodies]
+    deadline = time.monotonic() + 120
+
+    def record(job_id: str) -> dict | None:
+        try:  # the proxy may still route a read to the dead replica for a moment
+            answer = httpx.get(f"{base_url}/v1/images/jobs/{job_id}", timeout=30)
+        except httpx.HTTPError:
+            return None
+        return answer.json() if answer.status_code == 200 else None
+
+    while not all((r := record(i)) and r["status"] == "in_progress" for i in ids):
+        assert time.monotonic() < deadline, "the eight jobs never all ran at once"
+        time.sleep(0.05)
+    gateways = [a for a in ray.util.list_named_actors(all_namespaces=True)
+                if "SERVE_REPLICA" in a["name"] and f"{APP}#Gateway" in a["name"]]
+    assert len(gateways) == 2
+    ray.kill(ray.get_actor(gateways[0]["name"], namespace=gateways[0]["namespace"]), no_restart=True)
+    final = {}
+    while len(final) < len(ids):
+        assert time.monotonic() < deadline, final
+        for job_id in ids:
+            if job_id not in final and (r := record(job_id)) and r["status"] not in ("queued", "in_progress"):
+                final[job_id] = r
+        time.sleep(0.1)
+    assert all(r["status"] == "completed" for r in final.values()), final
+    rerun = [(job_id, body) for job_id, body in zip(ids, bodies) if final[job_id]["attempts"] == 2]
+    assert rerun, "no job was running on the killed replica"
+    job_id, body = rerun[0]
+    served = _png(httpx.get(final[job_id]["result"]["data"][0]["url"], timeout=30).content).astype(int)
+    solo = pipeline.generate([GenerationRequest(body["prompt"], width=512, height=512, steps=steps,
+                                                seed=body["seed"])])[0].images[0].astype(int)
+    assert np.abs(served - solo).max() <= 1
