@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import asyncio
+import logging
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 
@@ -10,6 +12,9 @@ from fastapi import FastAPI
 from serve.api import docs, files, images, jobs, models
 from serve.api.deps import ApiDeps
 from serve.api.middleware import add_error_handling
+from serve.logs import error_text, log_event
+
+logger = logging.getLogger("sana_serve.api")
 
 API_TITLE, API_VERSION = "sana-serve", "0.1.0"
 API_DESCRIPTION = "OpenAI-style images API for NVIDIA Sana text-to-image models on Ray Serve."
@@ -19,12 +24,15 @@ def build_api(deps: ApiDeps) -> FastAPI:
     # /openapi.json and /docs are our own routes, so the schema can carry the configured limits.
     @asynccontextmanager
     async def lifespan(_: FastAPI) -> AsyncIterator[None]:
-        # Serve runs the ASGI lifespan in the replica: the job runner works while the app serves.
+        # Serve runs the ASGI lifespan in the replica: the job runner and the file sweeper work
+        # while the app serves.
         if deps.job_runner is not None:
             deps.job_runner.start()
+        sweeper = asyncio.ensure_future(_sweep_files(deps))
         try:
             yield
         finally:
+            sweeper.cancel()
             if deps.job_runner is not None:
                 await deps.job_runner.stop()
 
@@ -35,3 +43,15 @@ def build_api(deps: ApiDeps) -> FastAPI:
         app.include_router(router)
     add_error_handling(app, deps.metrics, deps.replica)
     return app
+
+
+async def _sweep_files(deps: ApiDeps) -> None:
+    """Expired files go, then the oldest while over `files.max_bytes` (every replica sweeps the
+    shared folder; removals that race are harmless)."""
+    every_s = min(300.0, max(10.0, deps.config.files.ttl_s / 10))
+    while True:
+        await asyncio.sleep(every_s)
+        try:
+            await asyncio.to_thread(deps.files.sweep)
+        except Exception as exc:  # noqa: BLE001 - a full or read-only disk must not stop serving
+            log_event(logger, "file_sweep_failed", logging.WARNING, error=error_text(exc))

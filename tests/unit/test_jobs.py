@@ -332,3 +332,24 @@ def test_webhooks_are_signed_retried_after_a_500_and_only_sent_to_allowed_hosts(
     started_ids = {h["webhook-id"] for h, b in receiver.received if json.loads(b)["type"] == "image.job.started"}
     assert len(started_ids) == 1
     assert deps.metrics.webhooks.count("retried") == 1 and deps.metrics.webhooks.count("delivered") == 2
+
+
+def test_the_file_store_expires_files_and_keeps_within_its_size(tmp_path):
+    from serve.files import DirectoryFileStore
+
+    clock = Clock()
+    store = DirectoryFileStore(tmp_path / "files", ttl_s=100, max_bytes=2500, clock=clock)
+    first = store.put(b"a" * 1000, "png")
+    assert store.put(b"a" * 1000, "png") == first  # content-addressed: stored once
+    clock.now += 10
+    second = store.put(b"b" * 1000, "webp")
+    clock.now += 10
+    third = store.put(b"c" * 1000, "jpeg")
+    assert store.get(second).media_type == "image/webp" and store.get(second).expires_at == 1110
+    store.sweep()  # 3000 bytes > 2500: the oldest goes
+    assert store.get(first) is None and store.get(second) is not None
+    clock.now += 91  # second is 101 s old
+    assert store.get(second) is None and store.get(third) is not None
+    assert store.get("../../etc/passwd") is None and store.get(third.upper()) is None
+    with pytest.raises(ValueError):
+        store.put(b"x", "gif")
