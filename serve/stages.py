@@ -174,6 +174,9 @@ class Denoiser:
         jobs = [s.job(p.embedding, n.embedding if n is not None else None) for s, p, n in zip(specs, prompts, negatives)]
         images = _images_in(specs)
         metrics.batch_size().observe(images, tags={"stage": "denoiser"})
+        # Batches take requests in arrival order: an abandoned ticket older than this batch's was
+        # run already or left the queue before batching. Forget those.
+        self._abandoned = {ticket for ticket in self._abandoned if ticket >= min(tickets)}
         loop = asyncio.get_running_loop()
         reports: asyncio.Queue[StepReport | None] = asyncio.Queue()
         started = time.perf_counter()
