@@ -206,13 +206,14 @@ class _Rows:
 
     def drop(self, stop: set[int]) -> torch.Tensor:
         """Forget the jobs in `stop`; the indices of the image rows that remain."""
-        keep, row = [], 0
+        keep, jobs, counts, row = [], [], [], 0
         for job, count in zip(self.jobs, self.counts):
             if job not in stop:
                 keep.extend(range(row, row + count))
+                jobs.append(job)
+                counts.append(count)
             row += count
-        pairs = [(job, count) for job, count in zip(self.jobs, self.counts) if job not in stop]
-        self.jobs, self.counts = [job for job, _ in pairs], [count for _, count in pairs]
+        self.jobs, self.counts = jobs, counts
         return torch.tensor(keep, dtype=torch.long)
 
 

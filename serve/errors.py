@@ -27,6 +27,10 @@ class ApiError(Exception):
         self.param = param
         self.retry_after_s = retry_after_s
 
+    def body(self) -> dict[str, str | None]:
+        """OpenAI's error object: what the JSON answer, a stream's error event and a job carry."""
+        return {"message": self.message, "type": self.type, "param": self.param, "code": None}
+
 
 class BadRequest(ApiError):
     status = 400
@@ -85,7 +89,7 @@ class Cancelled(ApiError):
 
 
 def error_response(error: ApiError, request_id: str | None = None) -> JSONResponse:
-    body = {"error": {"message": error.message, "type": error.type, "param": error.param, "code": None}}
+    body = {"error": error.body()}
     headers = {}
     if error.retry_after_s is not None:
         headers["Retry-After"] = str(max(1, round(error.retry_after_s)))

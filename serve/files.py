@@ -14,7 +14,7 @@ import os
 import re
 import tempfile
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Protocol
@@ -48,6 +48,11 @@ class FileStore(Protocol):
 def file_path(file_id: str) -> str:
     """The API path of a file (made absolute by the HTTP layer)."""
     return f"{FILES_ROUTE}/{file_id}"
+
+
+def store_images(store: FileStore, images: Sequence[bytes], image_format: str) -> list[str]:
+    """Keep each image; their API paths, in order (blocks: call in a thread)."""
+    return [file_path(store.put(image, image_format)) for image in images]
 
 
 class DirectoryFileStore:

@@ -63,6 +63,11 @@ class GenerationEvent:
     elapsed_ms: float
     detail: dict[str, Any] = field(default_factory=dict)
 
+    @property
+    def stage(self) -> str:
+        """The stage a client is told: every `step` is part of `denoising`."""
+        return "denoising" if self.kind == "step" else self.kind
+
 
 EventCallback = Callable[[GenerationEvent], None]
 

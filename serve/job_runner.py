@@ -13,16 +13,16 @@ from __future__ import annotations
 import asyncio
 import logging
 import secrets
-import time
 from collections.abc import Sequence
 from typing import Any
 
 from serve.config import JobsConfig
 from serve.errors import ApiError, Cancelled
-from serve.files import FileStore, file_path
+from serve.files import FileStore, store_images
 from serve.generation import GenerationEvent, GenerationResult, GenerationService
-from serve.jobs import CANCELLED, COMPLETED, FAILED, Claim, job_error
+from serve.jobs import CANCELLED, COMPLETED, FAILED, Claim
 from serve.logs import error_text, log_event
+from serve.responses import response_body
 from serve.validation import RequestValidator
 from serve.webhooks import DEFAULT_EVENTS, WebhookSender
 
@@ -75,12 +75,12 @@ class JobRunner:
             result = await asyncio.to_thread(self._result, generated)
             status = COMPLETED
         except Cancelled as exc:
-            status, error = CANCELLED, job_error(exc)
+            status, error = CANCELLED, exc.body()
         except ApiError as exc:
-            error = job_error(exc)
+            error = exc.body()
         except Exception as exc:  # noqa: BLE001 - a job never takes its worker down
             log_event(logger, "job_failed", logging.ERROR, request_id=claim.id, error=error_text(exc))
-            error = {"message": "internal error", "type": "server_error", "param": None, "code": None}
+            error = ApiError("internal error").body()
         finally:
             watcher.cancel()
             await reporter.close()
@@ -103,18 +103,8 @@ class JobRunner:
     def _result(self, generated: GenerationResult) -> dict[str, Any]:
         """The job's result: the sync response's shape, images as file URLs (paths until the HTTP
         layer makes them absolute)."""
-        urls = [file_path(self.files.put(image, generated.output_format)) for image in generated.images]
-        return {
-            "created": int(time.time()),
-            "data": [{"url": url, "revised_prompt": generated.revised_prompt} for url in urls],
-            "model": generated.route,
-            "size": f"{generated.width}x{generated.height}",
-            "seed": generated.seed,
-            "output_format": generated.output_format,
-            "timings_ms": generated.timings.model_dump(),
-            "batch_size": generated.batch_size,
-            "nodes": generated.nodes,
-        }
+        paths = store_images(self.files, generated.images, generated.output_format)
+        return response_body(generated, paths).model_dump(exclude_none=True)
 
     def _notify(self, claim: Claim, event: str, data: dict[str, Any]) -> None:
         """Send the job's webhook for `event` if it asked for it (in the background, with retries)."""
@@ -173,11 +163,9 @@ class _Reporter:
         if event.kind == "partial_image":
             images: Sequence[bytes] = detail.pop("images")
             image_format = detail.pop("format")
-            ids = await asyncio.to_thread(lambda: [self.files.put(image, image_format) for image in images])
-            return "partial_image", {**detail, "urls": [file_path(file_id) for file_id in ids],
-                                     "elapsed_ms": event.elapsed_ms}
-        stage = "denoising" if event.kind == "step" else event.kind
-        return "progress", {"stage": stage, **detail, "elapsed_ms": event.elapsed_ms}
+            paths = await asyncio.to_thread(store_images, self.files, images, image_format)
+            return "partial_image", {**detail, "urls": paths, "elapsed_ms": event.elapsed_ms}
+        return "progress", {"stage": event.stage, **detail, "elapsed_ms": event.elapsed_ms}
 
 
 def with_base_url(data: Any, base: str) -> Any:

@@ -22,11 +22,12 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from serve.config import JobsConfig
-from serve.errors import ApiError, Conflict, NotFound, Overloaded
+from serve.errors import ApiError, Cancelled, Conflict, NotFound, Overloaded
 
 QUEUED, IN_PROGRESS, COMPLETED, FAILED, CANCELLED = "queued", "in_progress", "completed", "failed", "cancelled"
 FINISHED = frozenset({COMPLETED, FAILED, CANCELLED})
 _TOMBSTONES = 100_000  # ids of expired jobs remembered, so their 404 can say "expired"
+_CANCELLED = Cancelled("cancelled by the client").body()
 
 
 @dataclass
@@ -44,8 +45,7 @@ class Job:
     completed_at: float | None = None
     error: dict[str, Any] | None = None
     result: dict[str, Any] | None = None
-    events: list[dict[str, Any]] = field(default_factory=list)
-    dropped_events: int = 0  # the oldest events, past max_events, are dropped (and said so)
+    events: list[dict[str, Any]] = field(default_factory=list)  # the newest max_events of them
     next_seq: int = 1
     cancel_requested: bool = False
     runner: str | None = None
@@ -140,8 +140,7 @@ class JobBook:
         job = self._find(job_id, owner)
         await self._wait_for(lambda: job.next_seq - 1 > after or job.status in FINISHED, timeout_s)
         news = [event for event in job.events if event["seq"] > after]
-        return {"events": news, "finished": job.status in FINISHED, "status": job.status,
-                "dropped": max(0, job.dropped_events - after)}
+        return {"events": news, "finished": job.status in FINISHED}
 
     async def cancel(self, job_id: str, owner: str | None) -> dict[str, Any]:
         """A queued job is cancelled at once; a running one is asked to stop (its runner stops it
@@ -152,7 +151,7 @@ class JobBook:
         job.cancel_requested = True
         if job.status == QUEUED:
             self.queue.remove(job.id)
-            self._finish(job, CANCELLED, error={"message": "cancelled by the client", "type": "cancelled_error"})
+            self._finish(job, CANCELLED, error=_CANCELLED)
         else:
             self._event(job, "cancel_requested", {})
         await self._notify()
@@ -218,15 +217,16 @@ class JobBook:
         """Requeue (or fail) jobs whose runner's lease ran out; expire finished jobs past their
         time, then the oldest finished ones while over `max_jobs` (less `room` for jobs about to come).
         The records that failed now."""
-        now, failed = self.clock(), []
+        now, failed, requeued = self.clock(), [], False
         for job in self.jobs.values():
             if job.status == IN_PROGRESS and job.lease_until <= now:
                 job.runner = None
+                requeued = True
                 if job.cancel_requested:
-                    self._finish(job, CANCELLED, error={"message": "cancelled by the client", "type": "cancelled_error"})
+                    self._finish(job, CANCELLED, error=_CANCELLED)
                 elif job.attempts >= self.config.max_attempts:
-                    self._finish(job, FAILED, error={"message": "the gateway running this job was lost, "
-                                                     f"{job.attempts} times", "type": "server_error"})
+                    lost = ApiError(f"the gateway running this job was lost, {job.attempts} times")
+                    self._finish(job, FAILED, error=lost.body())
                     failed.append(job.record())
                 else:
                     job.status = QUEUED
@@ -240,13 +240,9 @@ class JobBook:
         overflow = len(self.jobs) + room - self.config.max_jobs
         for job in sorted((j for j in finished if j.id in self.jobs), key=lambda j: j.completed_at or 0)[:max(0, overflow)]:
             self._expire(job)
-        if failed or self.queue:
-            self.changed_soon()
+        if requeued:  # wake waiting runners and event followers (sweep itself is sync)
+            asyncio.ensure_future(self._notify())
         return failed
-
-    def changed_soon(self) -> None:
-        """Wake waiters from sync code (sweep runs inside other calls)."""
-        asyncio.ensure_future(self._notify())
 
     # --- internals -----------------------------------------------------------------------------
 
@@ -264,7 +260,6 @@ class JobBook:
         job.next_seq += 1
         if len(job.events) > self.config.max_events:
             del job.events[0]
-            job.dropped_events += 1
 
     def _finish(self, job: Job, status: str, *, result: dict[str, Any] | None = None,
                 error: dict[str, Any] | None = None) -> None:
@@ -295,6 +290,3 @@ class JobBook:
         except asyncio.TimeoutError:
             return predicate()
 
-
-def job_error(error: ApiError) -> dict[str, Any]:
-    return {"message": error.message, "type": error.type, "param": error.param, "code": None}

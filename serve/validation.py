@@ -90,9 +90,14 @@ class RequestValidator:
         return self.model.model_json_schema()
 
     def parse(self, raw: bytes) -> ImageGenerationRequest:
+        return self.validate(self.decode(raw))
+
+    def decode(self, raw: bytes) -> dict[str, Any]:
+        """The body as a JSON object, within the size limit (for callers that take fields off it
+        before validating, like a job's `webhook`)."""
         if len(raw) > self.limits.max_body_bytes:
             raise PayloadTooLarge(f"request body is larger than {self.limits.max_body_bytes} bytes")
-        return self.validate(decode_json_object(raw))
+        return decode_json_object(raw)
 
     def validate(self, data: dict[str, Any]) -> ImageGenerationRequest:
         try:

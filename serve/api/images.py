@@ -4,7 +4,6 @@ server-sent events (`stream: true`, OpenAI's image streaming events). Errors go 
 from __future__ import annotations
 
 import asyncio
-import base64
 import time
 from collections.abc import AsyncIterator
 from contextlib import ExitStack
@@ -16,9 +15,10 @@ from fastapi.responses import JSONResponse, StreamingResponse
 from serve.api.deps import ApiDeps, authorize, deps
 from serve.api.sse import KEEP_ALIVE, SSE_HEADERS, sse_event
 from serve.errors import ApiError, PayloadTooLarge, UnsupportedMediaType, to_api_error
-from serve.files import file_path
+from serve.files import store_images
 from serve.generation import GenerationEvent, GenerationResult
-from serve.schemas import ErrorResponse, ImageData, ImageGenerationRequest, ImageGenerationResponse, Timings
+from serve.responses import b64, response_body
+from serve.schemas import ErrorResponse, ImageGenerationRequest, ImageGenerationResponse, Timings
 
 router = APIRouter()
 
@@ -71,29 +71,8 @@ def base_url(request: Request, api: ApiDeps) -> str:
 
 
 async def store_files(api: ApiDeps, result: GenerationResult, base: str) -> list[str]:
-    ids = await asyncio.to_thread(lambda: [api.files.put(image, result.output_format) for image in result.images])
-    return [base + file_path(file_id) for file_id in ids]
-
-
-def response_body(result: GenerationResult, urls: list[str] | None = None) -> ImageGenerationResponse:
-    """OpenAI's response shape plus our fields (base64 of a 4K PNG takes a while: call off the loop)."""
-    data = ([ImageData(url=url, revised_prompt=result.revised_prompt) for url in urls] if urls is not None else
-            [ImageData(b64_json=b64(image), revised_prompt=result.revised_prompt) for image in result.images])
-    return ImageGenerationResponse(
-        created=int(time.time()),
-        data=data,
-        model=result.route,
-        size=f"{result.width}x{result.height}",
-        seed=result.seed,
-        output_format=result.output_format,
-        timings_ms=result.timings,
-        batch_size=result.batch_size,
-        nodes=result.nodes,
-    )
-
-
-def b64(image: bytes) -> str:
-    return base64.b64encode(image).decode("ascii")
+    paths = await asyncio.to_thread(store_images, api.files, result.images, result.output_format)
+    return [base + path for path in paths]
 
 
 def server_timing(timings: Timings) -> str:
@@ -144,8 +123,7 @@ class _OpenAIStream:
                     yield KEEP_ALIVE
                     continue
                 if isinstance(item, ApiError):
-                    yield sse_event("error", {"type": "error", "error": {
-                        "message": item.message, "type": item.type, "param": item.param, "code": None}})
+                    yield sse_event("error", {"type": "error", "error": item.body()})
                     return
                 if isinstance(item, GenerationResult):
                     for frame in await self._completed(item):
@@ -171,8 +149,7 @@ class _OpenAIStream:
         if not self.progress:
             return []
         detail = {key: value for key, value in event.detail.items() if key != "images"}
-        stage = "denoising" if event.kind == "step" else event.kind
-        return [sse_event("sana.progress", {"type": "sana.progress", **detail, "stage": stage,
+        return [sse_event("sana.progress", {"type": "sana.progress", **detail, "stage": event.stage,
                                             "elapsed_ms": event.elapsed_ms})]
 
     async def _completed(self, result: GenerationResult) -> list[bytes]:

@@ -16,9 +16,8 @@ from pydantic import BaseModel, ConfigDict, Field, StrictStr, ValidationError
 from serve.api.deps import ApiDeps, authorize, deps
 from serve.api.images import ERRORS, base_url, read_json_body
 from serve.api.sse import KEEP_ALIVE, SSE_HEADERS, sse_event
-from serve.errors import BadRequest, NotFound, PayloadTooLarge
+from serve.errors import BadRequest, NotFound
 from serve.job_runner import with_base_url
-from serve.validation import decode_json_object
 from serve.webhooks import DEFAULT_EVENTS, EVENTS
 
 router = APIRouter()
@@ -44,11 +43,7 @@ def _store(api: ApiDeps) -> Any:
 async def submit(request: Request, api: ApiDeps = Depends(deps), owner: str | None = Depends(authorize)):
     """The generations body plus an optional `webhook`; answers 202 with the job record."""
     store = _store(api)
-    max_bytes = api.validator.limits.max_body_bytes
-    raw = await read_json_body(request, max_bytes)
-    if len(raw) > max_bytes:
-        raise PayloadTooLarge(f"request body is larger than {max_bytes} bytes")
-    data = decode_json_object(raw)
+    data = api.validator.decode(await read_json_body(request, api.validator.limits.max_body_bytes))
     webhook = _webhook(data.pop("webhook", None), api, base_url(request, api))
     body = api.validator.validate(data)
     if body.stream:

@@ -6,6 +6,7 @@ loopback."""
 from __future__ import annotations
 
 import asyncio
+import io
 import json
 from typing import Any
 
@@ -217,7 +218,7 @@ def test_a_job_runs_with_progress_events_and_its_result_is_a_file_url(tmp_path, 
         assert len(urls) == 2 and all(url.startswith("http://gw/v1/images/files/") for url in urls)
         image = await client.get(urls[0].removeprefix("http://gw"))
         assert image.status_code == 200 and image.headers["content-type"] == "image/png"
-        assert Image.open(__import__("io").BytesIO(image.content)).size == (64, 64)
+        assert Image.open(io.BytesIO(image.content)).size == (64, 64)
         missing = await client.get("/v1/images/files/" + "0" * 64 + ".png")
         assert missing.status_code == 404 and "expired" in missing.json()["error"]["message"]
         return job_id
