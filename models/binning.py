@@ -52,3 +52,17 @@ def bin_size(width: int, height: int, resolution: int) -> tuple[int, int]:
     aspect = float(height / width)
     _, bin_h, bin_w = min(_ratios(resolution), key=lambda entry: abs(entry[0] - aspect))
     return bin_w, bin_h
+
+
+def preset_sizes(resolution: int, min_side: int, max_side: int, max_aspect_ratio: float) -> list[tuple[int, int]]:
+    """One (width, height) per aspect-ratio bin of a resolution class, for a route that serves up
+    to `max_side`: the bin itself when it fits, else the bin scaled down to `max_side` on its
+    longer side (sides multiples of 32). Bins beyond the aspect limit or below `min_side` are left
+    out. Ordered tallest to widest."""
+    sizes: set[tuple[int, int]] = set()
+    for _, height, width in _ratios(resolution):
+        scale = min(1.0, max_side / max(width, height))
+        width, height = (max(32, int(side * scale) // 32 * 32) for side in (width, height))
+        if min(width, height) >= min_side and max(width, height) / min(width, height) <= max_aspect_ratio:
+            sizes.add((width, height))
+    return sorted(sizes, key=lambda wh: (wh[0] / wh[1], wh[0]))

@@ -181,6 +181,9 @@ class GatewayConfig(_Section):
     size_routes: list[SizeRoute] = []
     """Requests without `model` whose larger side is above `above` go to `route`; the rest go to
     the default route."""
+    web_page: bool = True
+    """Serve the web page (prompt to picture, with progress and cancel) at GET /. It is a static
+    shell: everything it shows comes from API calls that carry the user's key."""
     preview_max_side: int = Field(512, ge=32, le=4096)
     """Longer side, in pixels, of streamed previews (partial images); decoded from downsampled latents."""
 

@@ -20,7 +20,7 @@ from dataclasses import dataclass, field
 from functools import wraps
 from typing import Any, TypeVar
 
-from models.binning import bin_size
+from models.binning import bin_size, preset_sizes
 from models.pipeline import Defaults, GenerationRequest, ResolvedRequest, resolve_request
 from serve.checkpoint_specs import checkpoint_resolution
 from serve.config import AppConfig
@@ -91,6 +91,8 @@ class ModelInfo:
     route: str
     resolution: int
     default: bool
+    description: str
+    sizes: list[tuple[int, int]]  # one per aspect-ratio bin the route serves (see preset_sizes)
 
 
 class _Progress:
@@ -221,10 +223,7 @@ class GenerationService:
     async def _generate(self, request: ImageGenerationRequest, request_id: str, started: float,
                         progress: _Progress) -> GenerationResult:
         # 1. Route and size; n within the route's limit.
-        route, width, height = await self.pick_route(request)
-        max_images = self.config.max_images(route)
-        if not 1 <= request.n <= max_images:
-            raise BadRequest(f"n must be in [1, {max_images}] on route {route}", "n")
+        route, width, height = await self.preflight(request)
         resolution = await self.resolution(route)
         progress.emit("routed", route=route, size=f"{width}x{height}")
 
@@ -295,8 +294,23 @@ class GenerationService:
 
     @_typed_errors
     async def models(self) -> list[ModelInfo]:
-        return [ModelInfo(name, await self.resolution(name), name == self.config.default_route)
-                for name in self.config.routes]
+        limits = self.config.gateway.limits
+        infos = []
+        for name, route in self.config.routes.items():
+            resolution = await self.resolution(name)
+            sizes = preset_sizes(resolution, limits.min_side, self.config.max_side(name), limits.max_aspect_ratio)
+            infos.append(ModelInfo(name, resolution, name == self.config.default_route, route.description, sizes))
+        return infos
+
+    @_typed_errors
+    async def preflight(self, request: ImageGenerationRequest) -> tuple[str, int, int]:
+        """(route, width, height) after the checks that need the route (its size and n limits):
+        what a job's submit answers 400 for at once rather than failing the job later."""
+        route, width, height = await self.pick_route(request)
+        max_images = self.config.max_images(route)
+        if not 1 <= request.n <= max_images:
+            raise BadRequest(f"n must be in [1, {max_images}] on route {route}", "n")
+        return route, width, height
 
     async def pick_route(self, request: ImageGenerationRequest) -> tuple[str, int, int]:
         """(route, width, height): the request's `model`, else the route its size calls for."""

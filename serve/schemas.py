@@ -75,14 +75,36 @@ class ImageGenerationResponse(BaseModel):
     nodes: dict[str, str] = Field(description="Host that ran each stage (encode, denoise, decode).")
 
 
+class RouteLimits(BaseModel):
+    """What a request to this route may ask for (the gateway's limits with the route's own)."""
+
+    min_side: int
+    max_side: int
+    max_aspect_ratio: float
+    max_images: int
+    max_steps: int
+    max_guidance_scale: float
+    max_prompt_chars: int
+
+
+class RouteDefaults(BaseModel):
+    num_inference_steps: int
+    guidance_scale: float
+
+
 class ModelCard(BaseModel):
     id: str
     object: Literal["model"] = "model"
     created: int
     owned_by: str = "sana-serve"
-    resolution: int
+    description: str = ""
+    resolution: int = Field(description="The checkpoint's resolution class (its aspect-ratio bin table).")
     default_size: str
     default: bool
+    sizes: list[str] = Field(description="One size per aspect-ratio bin the route serves, tallest to widest "
+                                         "(bins larger than the route's max_side scaled down to it).")
+    limits: RouteLimits
+    defaults: RouteDefaults
 
 
 class ModelList(BaseModel):

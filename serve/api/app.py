@@ -9,7 +9,7 @@ from contextlib import asynccontextmanager
 
 from fastapi import FastAPI
 
-from serve.api import docs, files, images, jobs, models
+from serve.api import docs, files, images, jobs, models, page
 from serve.api.deps import ApiDeps
 from serve.api.middleware import add_error_handling
 from serve.logs import error_text, log_event
@@ -39,7 +39,7 @@ def build_api(deps: ApiDeps) -> FastAPI:
     app = FastAPI(title=API_TITLE, description=API_DESCRIPTION, version=API_VERSION,
                   openapi_url=None, docs_url=None, redoc_url=None, lifespan=lifespan)
     app.state.deps = deps
-    for router in (images.router, jobs.router, files.router, models.router, docs.router):
+    for router in (images.router, jobs.router, files.router, models.router, docs.router, page.router):
         app.include_router(router)
     add_error_handling(app, deps.metrics, deps.replica)
     return app

@@ -48,6 +48,7 @@ async def submit(request: Request, api: ApiDeps = Depends(deps), owner: str | No
     body = api.validator.validate(data)
     if body.stream:
         raise BadRequest("stream: a job's progress is at GET /v1/images/jobs/{id}/events", "stream")
+    await api.service.preflight(body)  # a size or n the route refuses is a 400 now, not a failed job
     fingerprint = hashlib.sha256(json.dumps([data, webhook], sort_keys=True).encode()).hexdigest()
     if body.seed is None:  # fixed now, so a rerun (after a gateway is lost) draws the same pixels
         body = body.model_copy(update={"seed": secrets.randbelow(2**31)})

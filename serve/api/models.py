@@ -5,7 +5,7 @@ from __future__ import annotations
 from fastapi import APIRouter, Depends
 
 from serve.api.deps import ApiDeps, authorize, deps
-from serve.schemas import ErrorResponse, ModelCard, ModelList
+from serve.schemas import ErrorResponse, ModelCard, ModelList, RouteDefaults, RouteLimits
 
 router = APIRouter()
 
@@ -13,9 +13,21 @@ router = APIRouter()
 @router.get("/v1/models", response_model=ModelList, responses={401: {"model": ErrorResponse}},
             dependencies=[Depends(authorize)])
 async def models(api: ApiDeps = Depends(deps)) -> ModelList:
+    """The routes, with what each serves: its sizes (one per aspect-ratio bin), limits and defaults."""
+    limits, defaults = api.config.gateway.limits, api.service.defaults
     return ModelList(data=[
-        ModelCard(id=info.route, created=0, resolution=info.resolution,
-                  default_size=f"{info.resolution}x{info.resolution}", default=info.default)
+        ModelCard(
+            id=info.route, created=0, description=info.description, resolution=info.resolution,
+            default_size=f"{info.resolution}x{info.resolution}", default=info.default,
+            sizes=[f"{width}x{height}" for width, height in info.sizes],
+            limits=RouteLimits(
+                min_side=limits.min_side, max_side=api.config.max_side(info.route),
+                max_aspect_ratio=limits.max_aspect_ratio, max_images=api.config.max_images(info.route),
+                max_steps=limits.max_steps, max_guidance_scale=limits.max_guidance,
+                max_prompt_chars=limits.max_prompt_chars,
+            ),
+            defaults=RouteDefaults(num_inference_steps=defaults.steps, guidance_scale=defaults.guidance_scale),
+        )
         for info in await api.service.models()
     ])
 
