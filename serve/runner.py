@@ -95,8 +95,8 @@ def run(options: RunOptions) -> int:
         serve.start(http_options={"host": host, "port": port})
         for app in apps:
             serve.run(build_app(app.config), name=app.name, route_prefix=app.route_prefix)
-        print(f"sana-serve is up: http://{host}:{port}/v1/images/generations (docs at /docs); Ctrl-C stops it",
-              flush=True)
+        print(f"sana-serve is up: open http://{host}:{port}/ in a browser; API at /v1/images/generations, "
+              "docs at /docs; Ctrl-C stops it", flush=True)
         _wait_for_signal()
         print("shutting down", flush=True)
         if not started_ray:

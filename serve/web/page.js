@@ -502,6 +502,7 @@ class JobCard {
         break;
       case "in_progress":
         this.stage = "in_progress";
+        this.node.dataset.state = "running";
         this.denoise = null;
         break;
       case "progress":
@@ -540,7 +541,7 @@ class JobCard {
   }
 
   percent() {
-    if (this.node.dataset.state === "completed") return 100;
+    if (this.finished) return 100;
     if (this.stage === "denoising" && this.denoise && this.denoise.total) {
       return DENOISE_FROM + ((DENOISE_TO - DENOISE_FROM) * this.denoise.step) / this.denoise.total;
     }
@@ -605,8 +606,7 @@ class JobCard {
   }
 
   async showResult(result) {
-    this.node.dataset.state = "completed";
-    this.finished = true;
+    this.finished = true; // no more previews; the state says "completed" once the images are in
     clearInterval(this.timer);
     this.render(100);
     const timings = result.timings_ms || {};
@@ -643,6 +643,7 @@ class JobCard {
       node.append(text);
     }
     this.showDetails(result);
+    this.node.dataset.state = "completed";
     const again = this.part("again");
     again.hidden = false;
     again.onclick = () => useSettings(this.request, result.seed);

@@ -250,3 +250,24 @@ def app_config(**changes: Any):
             target = target.setdefault(parent, {})
         target[key] = value
     return parse_app_config(args)
+
+
+class LocalHandle:
+    """`handle.method.remote(...)` on a local object, as the gateway calls the JobStore."""
+
+    def __init__(self, target: Any) -> None:
+        self.target = target
+
+    def __getattr__(self, name: str) -> Any:
+        method = getattr(self.target, name)
+
+        class _Remote:
+            @staticmethod
+            def remote(*args: Any) -> asyncio.Future:
+                async def call() -> Any:
+                    result = method(*args)
+                    return await result if asyncio.iscoroutine(result) else result
+
+                return asyncio.ensure_future(call())
+
+        return _Remote()

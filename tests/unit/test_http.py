@@ -139,3 +139,40 @@ def test_admission_suggests_a_typical_request_time_and_frees_slots_on_failure():
         with pytest.raises(Exception) as raised, admission.slot():
             pass
     assert raised.value.status == 503 and raised.value.retry_after_s == pytest.approx(2.0)
+
+
+def test_model_cards_list_each_routes_sizes_limits_and_defaults():
+    app, stages, _ = _api()
+    cards = {card["id"]: card for card in _call(app, "GET", "/v1/models").json()["data"]}
+    r1k, r4k = cards["r1k"], cards["r4k"]
+    # One size per aspect-ratio bin: the 1024 table's bins fit the route's 2048 px as they are.
+    assert "1024x1024" in r1k["sizes"] and "1344x768" in r1k["sizes"] and "768x1344" in r1k["sizes"]
+    assert r1k["limits"] == {"min_side": 64, "max_side": 2048, "max_aspect_ratio": 4.0, "max_images": 4,
+                             "max_steps": 50, "max_guidance_scale": 20.0, "max_prompt_chars": 2000}
+    assert r1k["defaults"] == {"num_inference_steps": 20, "guidance_scale": 4.5}
+    # 4096 bins above the route's 4096 px are scaled down to it; none breaks the limits.
+    sizes = [tuple(map(int, size.split("x"))) for size in r4k["sizes"]]
+    assert (4096, 4096) in sizes and max(max(s) for s in sizes) == 4096 and r4k["limits"]["max_images"] == 1
+    assert all(max(w, h) / min(w, h) <= 4.0 and w % 32 == 0 and h % 32 == 0 for w, h in sizes)
+    assert [w / h for w, h in sizes] == sorted(w / h for w, h in sizes)  # tallest to widest
+    assert not stages.log
+
+
+def test_the_web_page_is_served_at_the_root_under_any_prefix_and_can_be_turned_off():
+    app, _, _ = _api(app_config(auth={"enabled": True, "key_hashes": [key_digest(KEY)]}))
+    page = _call(app, "GET", "/")  # no key: a static shell; the API calls it makes need one
+    assert page.status_code == 200 and '<base href="/">' in page.text
+    assert page.headers["content-security-policy"].startswith("default-src 'none'")
+    script = _call(app, "GET", "/ui/page.js")
+    assert script.status_code == 200 and script.headers["content-type"].startswith("text/javascript")
+    assert _call(app, "GET", "/ui/secret.txt").status_code == 404
+
+    async def under_prefix() -> httpx.Response:
+        transport = httpx.ASGITransport(app=app, root_path="/sana")
+        async with httpx.AsyncClient(transport=transport, base_url="http://test") as client:
+            return await client.get("/")
+
+    assert '<base href="/sana/">' in asyncio.run(under_prefix()).text
+    off, _, _ = _api(app_config(gateway__web_page=False))
+    answer = _call(off, "GET", "/")
+    assert answer.status_code == 404 and "gateway.web_page" in answer.json()["error"]["message"]

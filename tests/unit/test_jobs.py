@@ -22,7 +22,7 @@ from serve.errors import Conflict, NotFound
 from serve.gateway import Admission
 from serve.jobs import JobBook
 from serve.webhooks import verify_signature
-from tests.unit.fakes import RecordingMetrics, app_config, fake_stages
+from tests.unit.fakes import LocalHandle, RecordingMetrics, app_config, fake_stages
 from tests.webhook_receiver import Receiver
 
 SECRET = "whsec-unit-test"
@@ -36,27 +36,6 @@ class Clock:
 
     def __call__(self) -> float:
         return self.now
-
-
-class LocalHandle:
-    """`handle.method.remote(...)` on a local object, as the gateway calls the JobStore."""
-
-    def __init__(self, target: Any) -> None:
-        self.target = target
-
-    def __getattr__(self, name: str) -> Any:
-        method = getattr(self.target, name)
-
-        class _Remote:
-            @staticmethod
-            def remote(*args: Any) -> asyncio.Future:
-                async def call() -> Any:
-                    result = method(*args)
-                    return await result if asyncio.iscoroutine(result) else result
-
-                return asyncio.ensure_future(call())
-
-        return _Remote()
 
 
 # --- the book's rules ---------------------------------------------------------------------------
@@ -284,9 +263,15 @@ def test_idempotent_submit_and_bad_job_requests_name_their_field(tmp_path, monke
         for body, param in (({**BODY, "stream": True}, "stream"), ({**BODY, "n": 9}, "n"),
                             ({**BODY, "webhook": {"url": "http://10.0.0.1/hook"}}, "webhook"),
                             ({**BODY, "webhook": {"url": "ftp://x"}}, "webhook"),
-                            ({**BODY, "webhook": {"url": "http://127.0.0.1:9/h", "events": ["exploded"]}}, "webhook")):
+                            ({**BODY, "webhook": {"url": "http://127.0.0.1:9/h", "events": ["exploded"]}}, "webhook"),
+                            # The route's own limits are checked at submit too, not when the job runs.
+                            ({**BODY, "model": "r4k", "n": 2}, "n"),
+                            ({**BODY, "model": "r1k", "size": "4096x4096"}, "size")):
             answer = await client.post("/v1/images/jobs", json=body)
             assert answer.status_code == 400 and answer.json()["error"]["param"] == param, (body, answer.text)
+        unknown = await client.post("/v1/images/jobs", json={**BODY, "model": "nope"})
+        assert unknown.status_code == 404 and unknown.json()["error"]["param"] == "model"
+        assert [job["id"] for job in (await client.get("/v1/images/jobs")).json()["data"]] == [first.json()["id"]]
         page = await client.get("/v1/images/jobs?limit=0")
         assert page.status_code == 400 and page.json()["error"]["param"] == "limit"
         assert (await client.get("/v1/images/jobs/job_nope")).status_code == 404
