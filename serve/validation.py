@@ -120,7 +120,34 @@ def decode_json_object(raw: bytes) -> dict[str, Any]:
         raise BadRequest(f"request body is not valid JSON: {exc}") from None
     if not isinstance(data, dict):
         raise BadRequest("request body must be a JSON object")
+    _refuse_unpaired_surrogates(data)
     return data
+
+
+UNPAIRED_SURROGATE = re.compile("[\ud800-\udfff]")
+
+
+def _refuse_unpaired_surrogates(data: dict[str, Any]) -> None:
+    """JSON's `\\ud800` escapes decode to lone surrogates, which are not Unicode: the tokenizer,
+    the logs and UTF-8 all fail on them later. Refused here, naming the top-level field."""
+    stack: list[tuple[str | None, Any]] = [(None, data)]
+    while stack:
+        field, value = stack.pop()
+        if isinstance(value, str):
+            texts = [value]
+        elif isinstance(value, dict):
+            texts = list(value)
+            stack.extend((field if field is not None else str(key), item) for key, item in value.items())
+        elif isinstance(value, list):
+            texts = []
+            stack.extend((field, item) for item in value)
+        else:
+            continue
+        if any(UNPAIRED_SURROGATE.search(text) for text in texts):
+            name = field if field is not None and not UNPAIRED_SURROGATE.search(field) else None
+            where = f"{name}: " if name else ""
+            raise BadRequest(f"{where}contains an unpaired UTF-16 surrogate escape (like \\ud800), which is not "
+                             "valid Unicode", name)
 
 
 def _reject_constant(name: str) -> float:
