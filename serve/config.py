@@ -123,6 +123,8 @@ class Route(_Section):
     max_side: int | None = Field(None, ge=1)
     """Largest side this route serves; default: gateway.limits.max_side."""
     placement: Placement = Placement()
+    max_queue_wait_s: float | None = Field(None, gt=0)
+    """This route's queue-wait budget; default: gateway.admission.max_queue_wait_s."""
     capacity_wait_s: float | None = Field(None, ge=0)
     """How long a request may wait for this route to have capacity (a replica placed and a free
     slot) before it gets 503 + Retry-After. None: wait as long as the stage queues allow."""
@@ -167,6 +169,33 @@ class SizeRoute(_Section):
     """...go to this route (largest matching `above` wins)."""
 
 
+class AdmissionConfig(_Section):
+    """Load shedding from live figures: a route's work in flight and its measured throughput."""
+
+    max_queue_wait_s: float | None = Field(30.0, gt=0)
+    """A request whose estimated queue wait (work ahead / throughput) is above this is refused with
+    503; an admitted one whose denoising has not started within it is dropped with 503. A route's
+    own `max_queue_wait_s` overrides it. None: no estimate-based shedding."""
+    cold_start_images: int = Field(32, ge=1)
+    """Images in flight on a route before its throughput is measured (the first completions)."""
+    window: int = Field(32, ge=2)
+    """Completions the throughput is measured over (the newest)."""
+    min_samples: int = Field(3, ge=2)
+    """Completions needed before the estimate is trusted (until then: cold_start_images)."""
+    max_inflight: int = Field(0, ge=0)
+    """Hard cap: generations in flight per gateway replica, all routes (0: no cap)."""
+    drain_retry_after_s: float = Field(5.0, gt=0)
+    """Retry-After of the 503 that new requests get while a replica drains (shutting down)."""
+    drain_grace_s: float = Field(60.0, ge=0)
+    """On SIGTERM, how long `sana-serve run` lets in-flight requests finish before it stops."""
+
+    @model_validator(mode="after")
+    def _samples_fit_window(self) -> AdmissionConfig:
+        if self.min_samples > self.window:
+            raise ValueError(f"min_samples ({self.min_samples}) must not exceed window ({self.window})")
+        return self
+
+
 class GatewayConfig(_Section):
     deployment: DeploymentOptions = {}
     """Ray Serve options of the Gateway deployment."""
@@ -175,9 +204,12 @@ class GatewayConfig(_Section):
     """Extra attempts when a stage replica died mid-call (stage calls are pure)."""
     image_encode_threads: int = Field(4, ge=1)
     """Threads that PNG/JPEG/WebP-encode results, off the event loop."""
-    max_inflight: int = Field(0, ge=0)
-    """Generations in flight per gateway replica before new ones get 503 + Retry-After (0: no
-    cap). Stage queues (max_queued_requests) shed load too; this cap answers before any stage work."""
+    admission: AdmissionConfig = AdmissionConfig()
+    """Which requests a gateway replica takes on (see serve/admission.py); the rest get 503 +
+    Retry-After at once, before any stage work."""
+    max_request_timeout_s: float = Field(600.0, gt=0)
+    """Largest `X-Request-Timeout` a client may set (seconds); past its own timeout a request's
+    work is cancelled and it is answered 504."""
     size_routes: list[SizeRoute] = []
     """Requests without `model` whose larger side is above `above` go to `route`; the rest go to
     the default route."""
@@ -340,6 +372,12 @@ class AppConfig(_Section):
     def max_side(self, route: str) -> int:
         limit = self.routes[route].max_side
         return self.gateway.limits.max_side if limit is None else min(limit, self.gateway.limits.max_side)
+
+    def queue_budgets(self) -> dict[str, float | None]:
+        """Each route's queue-wait budget (its own, else the gateway's)."""
+        default = self.gateway.admission.max_queue_wait_s
+        return {name: default if route.max_queue_wait_s is None else route.max_queue_wait_s
+                for name, route in self.routes.items()}
 
     def max_images(self, route: str) -> int:
         limit = self.routes[route].max_images

@@ -81,6 +81,13 @@ class StageFailed(ApiError):
     type = "service_unavailable_error"
 
 
+class DeadlineExceeded(ApiError):
+    """The request's own time limit (X-Request-Timeout) ran out; its work was cancelled."""
+
+    status = 504
+    type = "timeout_error"
+
+
 class Cancelled(ApiError):
     """The caller cancelled the generation (or went away); nginx's 499 "client closed request"."""
 

@@ -22,9 +22,19 @@ from typing import Any, TypeVar
 
 from models.binning import bin_size, preset_sizes
 from models.pipeline import Defaults, GenerationRequest, ResolvedRequest, resolve_request
+from serve.admission import Admission, Ticket
 from serve.checkpoint_specs import checkpoint_resolution
 from serve.config import AppConfig
-from serve.errors import ApiError, BadRequest, Cancelled, ModelNotFound, Overloaded, is_replica_failure, to_api_error
+from serve.errors import (
+    ApiError,
+    BadRequest,
+    Cancelled,
+    DeadlineExceeded,
+    ModelNotFound,
+    Overloaded,
+    is_replica_failure,
+    to_api_error,
+)
 from serve.images import encode_image
 from serve.logs import error_text, log_event
 from serve.metrics import GatewayMetrics
@@ -87,6 +97,16 @@ class GenerationResult:
 
 
 @dataclass(frozen=True)
+class Admitted:
+    """A request's route and size, and its admission ticket (finished when the generation ends)."""
+
+    route: str
+    width: int
+    height: int
+    ticket: Ticket
+
+
+@dataclass(frozen=True)
 class ModelInfo:
     route: str
     resolution: int
@@ -104,6 +124,7 @@ class _Progress:
         self.request_id, self.started, self.on_event = request_id, started, on_event
         self.cancel = cancel or asyncio.Event()
         self.in_flight: list[Any] = []
+        self.failure: ApiError | None = None  # why the service itself stopped it (deadline, queue budget)
 
     @property
     def wanted(self) -> bool:
@@ -119,7 +140,16 @@ class _Progress:
 
     def check(self) -> None:
         if self.cancel.is_set():
-            raise Cancelled("the generation was cancelled")
+            raise self.stopped()
+
+    def stopped(self) -> ApiError:
+        return self.failure or Cancelled("the generation was cancelled")
+
+    def abort(self, failure: ApiError) -> None:
+        """Stop the generation with `failure` (a 504 or 503) instead of Cancelled."""
+        if not self.cancel.is_set():
+            self.failure = failure
+            self.cancel.set()
 
     def track(self, response: Any) -> Any:
         if response is not None:
@@ -142,7 +172,7 @@ class _Progress:
             if not call.done():
                 call.cancel()
         if not call.done() or call.cancelled():
-            raise Cancelled("the generation was cancelled")
+            raise self.stopped()
         return call.result()
 
     async def items(self, stream: AsyncIterator[Any]) -> AsyncIterator[Any]:
@@ -193,6 +223,7 @@ class GenerationService:
             if words.enabled else None
         )
         self.defaults = Defaults()
+        self.admission = Admission(config.gateway.admission, config.queue_budgets(), metrics.shed)
         self._resolutions: dict[str, int] = {}
         self._encode_pool = ThreadPoolExecutor(config.gateway.image_encode_threads, thread_name_prefix="image-encode")
 
@@ -205,25 +236,74 @@ class GenerationService:
         received_at: float | None = None,
         on_event: EventCallback | None = None,
         cancel: asyncio.Event | None = None,
+        timeout_s: float | None = None,
+        shed: bool = True,
+        admitted: Admitted | None = None,
     ) -> GenerationResult:
         """Run one validated request. `on_event` hears each milestone; setting `cancel` stops the
-        generation (and its in-flight stage call) with `Cancelled`."""
+        generation (and its in-flight stage call) with `Cancelled`. Past `timeout_s` (from
+        receipt) it stops with DeadlineExceeded (504). With `shed` (not for queued jobs) admission
+        may refuse it, or drop it while queued past the route's budget, with Overloaded (503).
+        `admitted` is what `admit` gave when the caller had to know before it started."""
         started = time.perf_counter() if received_at is None else received_at
         progress = _Progress(request_id, started, on_event, cancel)
+        deadline = None
+        if timeout_s is not None:
+            left = max(0.0, timeout_s - (time.perf_counter() - started))
+            deadline = asyncio.get_running_loop().call_later(left, progress.abort, DeadlineExceeded(
+                f"the request did not finish within its X-Request-Timeout of {timeout_s:g} s; its work was cancelled"))
         try:
-            return await self._generate(request, request_id, started, progress)
-        except (Cancelled, asyncio.CancelledError):
-            # Cancelled by the caller, or the caller's task was (its HTTP client went away):
-            # nothing upstream keeps working for nobody.
+            return await self._generate(request, request_id, started, progress, shed, admitted)
+        except (Cancelled, DeadlineExceeded, Overloaded, asyncio.CancelledError) as exc:
+            if isinstance(exc, (Overloaded, DeadlineExceeded)) and exc is not progress.failure:
+                raise  # refused at the door: nothing started
+            # Cancelled by the caller, or the caller's task was (its HTTP client went away), or
+            # stopped by its deadline or queue budget: nothing upstream keeps working for nobody.
             progress.cancel_in_flight()
             self.metrics.generation_cancelled()
-            log_event(logger, "request_cancelled", request_id=request_id)
+            log_event(logger, "request_cancelled", request_id=request_id,
+                      reason=progress.failure.type if progress.failure else "cancelled")
             raise
+        finally:
+            if deadline is not None:
+                deadline.cancel()
+
+    @_typed_errors
+    async def admit(self, request: ImageGenerationRequest, shed: bool = True) -> Admitted:
+        """Route, size and n checked, and a place taken in the route's admission; Overloaded (503)
+        when the route's queue is longer than its budget."""
+        route, width, height = await self.preflight(request)
+        ticket = self.admission.admit(route, request.n, shed=shed)
+        if ticket.estimate.wait_s is not None:
+            self.metrics.queue_wait(route, ticket.estimate.wait_s)
+        return Admitted(route, width, height, ticket)
 
     async def _generate(self, request: ImageGenerationRequest, request_id: str, started: float,
-                        progress: _Progress) -> GenerationResult:
-        # 1. Route and size; n within the route's limit.
-        route, width, height = await self.preflight(request)
+                        progress: _Progress, shed: bool, admitted: Admitted | None) -> GenerationResult:
+        # 1. Route and size; n within the route's limit; admission.
+        admitted = admitted or await self.admit(request, shed)
+        with admitted.ticket as ticket:
+            return await self._admitted(request, request_id, started, progress, admitted.route, admitted.width,
+                                        admitted.height, ticket)
+
+    async def _admitted(self, request: ImageGenerationRequest, request_id: str, started: float,
+                        progress: _Progress, route: str, width: int, height: int, ticket: Ticket) -> GenerationResult:
+        queue_timer = None
+        if ticket.budget_s is not None:  # still queued past the budget: dropped, not left to time out
+            queue_timer = asyncio.get_running_loop().call_later(ticket.budget_s, self._queue_timeout, ticket, progress)
+        try:
+            return await self._stages_and_images(request, request_id, started, progress, route, width, height, ticket)
+        finally:
+            if queue_timer is not None:
+                queue_timer.cancel()
+
+    def _queue_timeout(self, ticket: Ticket, progress: _Progress) -> None:
+        if not ticket.is_started:
+            progress.abort(self.admission.queue_timeout(ticket))
+
+    async def _stages_and_images(self, request: ImageGenerationRequest, request_id: str, started: float,
+                                 progress: _Progress, route: str, width: int, height: int,
+                                 ticket: Ticket) -> GenerationResult:
         resolution = await self.resolution(route)
         progress.emit("routed", route=route, size=f"{width}x{height}")
 
@@ -251,7 +331,7 @@ class GenerationService:
         bin_wh = bin_size(width, height, resolution)
 
         # 5. Stages: (classifier ∥ encode) → denoise → decode, retried if a replica dies mid-call.
-        pixels, revised_prompt = await self._run_stages(route, resolved, bin_wh, progress,
+        pixels, revised_prompt = await self._run_stages(route, resolved, bin_wh, progress, ticket,
                                                         request.partial_images or 0, request.output_format)
 
         # 6. Encode images off the event loop.
@@ -375,7 +455,8 @@ class GenerationService:
     # --- stages -------------------------------------------------------------------------------
 
     async def _run_stages(self, route: str, resolved: ResolvedRequest, bin_wh: tuple[int, int],
-                          progress: _Progress, partial_images: int, output_format: str) -> tuple[Pixels, str]:
+                          progress: _Progress, ticket: Ticket, partial_images: int,
+                          output_format: str) -> tuple[Pixels, str]:
         handles = self.stages.routes[route]
         spec = DenoiseSpec(
             seed=resolved.seed,
@@ -397,7 +478,7 @@ class GenerationService:
                                           if resolved.uses_guidance else None)
                 progress.track(prompt)
                 stream = progress.track(handles.denoiser.options(stream=True).denoise.remote(spec, prompt, negative))
-                latents = await self._denoise(route, stream, resolved, progress, output_format)
+                latents = await self._denoise(route, stream, resolved, progress, ticket, output_format)
                 progress.emit("decoding")
                 pixels = await progress.result(progress.track(
                     handles.decoder.decode.remote(latents, resolved.width, resolved.height)))
@@ -413,7 +494,7 @@ class GenerationService:
                           error=error_text(exc))
 
     async def _denoise(self, route: str, stream: Any, resolved: ResolvedRequest, progress: _Progress,
-                       output_format: str) -> Latents:
+                       ticket: Ticket, output_format: str) -> Latents:
         """The denoiser's final latents; on the way, a `step` event per solver step and a preview
         decode (on the route's Decoder, in the background) for each preview it streams."""
         progress.emit("denoising", step=0, total=resolved.steps)
@@ -421,8 +502,11 @@ class GenerationService:
         latents = None
         try:
             async for item in progress.items(stream):
+                ticket.started()  # out of the queue: the denoiser reports the first step to everyone
                 if isinstance(item, Latents):
                     latents = item
+                    continue
+                if not progress.wanted:
                     continue
                 if item.step == 1:
                     self.metrics.first_event(route, progress.elapsed_ms())

@@ -39,6 +39,7 @@ class JobRunner:
         self.runner_id = f"runner_{secrets.token_hex(6)}"
         self.workers: list[asyncio.Task] = []
         self.background: set[asyncio.Task] = set()
+        self.claiming = True  # False while the replica drains: finish what runs, claim nothing new
 
     def start(self) -> None:
         self.workers = [asyncio.ensure_future(self._work()) for _ in range(self.config.runners_per_gateway)]
@@ -49,7 +50,7 @@ class JobRunner:
         await asyncio.gather(*self.workers, *self.background, return_exceptions=True)
 
     async def _work(self) -> None:
-        while True:
+        while self.claiming:
             try:
                 claim = await self.store.claim.remote(self.runner_id, CLAIM_POLL_S)
             except asyncio.CancelledError:
@@ -58,7 +59,7 @@ class JobRunner:
                 log_event(logger, "job_claim_failed", logging.WARNING, error=error_text(exc))
                 await asyncio.sleep(1.0)
                 continue
-            if claim is not None:
+            if claim is not None:  # even when draining began during the poll: it is ours now
                 await self.run(claim)
 
     async def run(self, claim: Claim) -> None:
@@ -70,8 +71,9 @@ class JobRunner:
         status, result, error = FAILED, None, None
         try:
             request = self.validator.validate(claim.request)
+            # shed=False: a queued job has waited its turn in the store; it is counted, not refused.
             generated = await self.service.generate(request, request_id=claim.id, on_event=reporter.on_event,
-                                                    cancel=cancel)
+                                                    cancel=cancel, shed=False)
             result = await asyncio.to_thread(self._result, generated)
             status = COMPLETED
         except Cancelled as exc:

@@ -149,6 +149,23 @@ def webhook_deliveries() -> Counter:
     )
 
 
+@cache
+def shed() -> Counter:
+    return Counter(
+        "sana_shed",
+        description="Requests answered 503 by admission, by route and reason (estimate, cold_start, "
+                    "max_inflight, draining, queue_timeout).",
+        tag_keys=("route", "reason"),
+    )
+
+
+@cache
+def queue_wait_estimate() -> Gauge:
+    return Gauge("sana_queue_wait_estimate_s",
+                 description="A gateway replica's estimate of a new request's queue wait, by route.",
+                 tag_keys=("route",))
+
+
 class GatewayMetrics(Protocol):
     """What the gateway counts. The generation service and the HTTP layer report through this, so
     unit tests can pass a recorder of their own and run without Ray."""
@@ -166,6 +183,10 @@ class GatewayMetrics(Protocol):
     def first_event(self, route: str, elapsed_ms: float) -> None: ...
 
     def webhook_attempt(self, result: str) -> None: ...
+
+    def shed(self, route: str, reason: str) -> None: ...
+
+    def queue_wait(self, route: str, estimate_s: float) -> None: ...
 
 
 class ServeMetrics:
@@ -194,3 +215,9 @@ class ServeMetrics:
 
     def webhook_attempt(self, result: str) -> None:
         webhook_deliveries().inc(tags={"result": result})
+
+    def shed(self, route: str, reason: str) -> None:
+        shed().inc(tags={"route": route, "reason": reason})
+
+    def queue_wait(self, route: str, estimate_s: float) -> None:
+        queue_wait_estimate().set(estimate_s, tags={"route": route})

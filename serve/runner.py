@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 import signal
 import threading
+import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -63,6 +64,22 @@ def _wait_for_signal() -> None:
         pass
 
 
+def _drain(apps: list[Application]) -> int:
+    """Every app's gateway stops admitting; wait (up to each app's drain grace) for the generations
+    in flight to finish. Returns how many were still running when the grace ran out."""
+    from ray import serve
+
+    handles = [(serve.get_app_handle(app.name), app.config.gateway.admission.drain_grace_s) for app in apps]
+    for handle, _ in handles:
+        handle.drain.remote().result(timeout_s=30)
+    deadline = time.monotonic() + max(grace for _, grace in handles)
+    while True:
+        left = sum(handle.inflight.remote().result(timeout_s=30) for handle, _ in handles)
+        if left == 0 or time.monotonic() >= deadline:
+            return left
+        time.sleep(0.2)
+
+
 def run(options: RunOptions) -> int:
     import ray
     from ray import serve
@@ -98,7 +115,9 @@ def run(options: RunOptions) -> int:
         print(f"sana-serve is up: open http://{host}:{port}/ in a browser; API at /v1/images/generations, "
               "docs at /docs; Ctrl-C stops it", flush=True)
         _wait_for_signal()
-        print("shutting down", flush=True)
+        print("draining: new requests get 503 + Retry-After; waiting for those in flight", flush=True)
+        left = _drain(apps)
+        print(f"shutting down ({left} generations still in flight)" if left else "shutting down", flush=True)
         if not started_ray:
             # On a shared cluster remove only what we deployed; our own Ray goes down whole below.
             for app in apps:

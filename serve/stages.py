@@ -65,9 +65,10 @@ def _images_in(specs: list[DenoiseSpec]) -> int:
 
 
 def _progress(spec: DenoiseSpec, report: StepReport, index: int) -> DenoiseProgress | None:
-    """What request `index` of the batch hears about a step: nothing unless it asked for progress."""
+    """What request `index` of the batch hears about a step: every step if it asked for progress,
+    else only the first (the gateway's admission learns that the request left the queue)."""
     if not spec.progress:
-        return None
+        return DenoiseProgress(1, report.total, None) if report.step == 0 else None
     return DenoiseProgress(report.step + 1, report.total, report.previews.get(index))
 
 
@@ -131,7 +132,8 @@ class Denoiser:
     """Sana DiT + Flow-DPM-Solver for one route, batched over requests (batch size counts images).
 
     `denoise` is a streaming method (call it with `handle.options(stream=True)`): it yields a
-    DenoiseProgress after each step when the spec asks for progress, then the Latents. A caller
+    DenoiseProgress after each step when the spec asks for progress (else after the first step
+    only: the request has left the queue), then the Latents. A caller
     that stops listening (its response cancelled, its client gone) leaves the running batch before
     the next step; the other requests in the batch go on with their own pixels."""
 

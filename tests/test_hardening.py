@@ -30,7 +30,7 @@ def base_url(ray_serve, tiny_checkpoint):
         "max_prompt_chars": 200, "max_images": 2, "min_side": 64, "max_side": 512, "max_aspect_ratio": 4.0,
         "max_steps": 2, "max_guidance": 20.0, "max_body_bytes": 4096,
     }
-    args["gateway"]["max_inflight"] = 2
+    args["gateway"]["admission"] = {"max_inflight": 2}
     args["auth"] = {"enabled": True, "key_hashes": [key_digest(k) for k in KEYS.values()],
                     "requests_per_minute": 1, "burst": 300}
     with deployed(args, APP, "/"):

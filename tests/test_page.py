@@ -293,7 +293,6 @@ def small_gateway(tmp_path_factory):
 
     from serve.api.app import build_api
     from serve.api.deps import build_deps
-    from serve.gateway import Admission
     from serve.jobs import JobBook
     from tests.unit.fakes import LocalHandle, RecordingMetrics, app_config, fake_stages
 
@@ -301,7 +300,7 @@ def small_gateway(tmp_path_factory):
                         auth={"enabled": True, "key_hashes": [hashlib.sha256(KEY.encode()).hexdigest()],
                               "requests_per_minute": 0.1, "burst": 4},
                         jobs={"max_jobs": 1})
-    deps = build_deps(config, fake_stages(config.routes).handles(), RecordingMetrics(), Admission(0).slot,
+    deps = build_deps(config, fake_stages(config.routes).handles(), RecordingMetrics(),
                       LocalHandle(JobBook(config.jobs)))
     app = build_api(dataclasses.replace(deps, job_runner=None))
     port = free_port()

@@ -2,9 +2,8 @@
 
 from __future__ import annotations
 
-from contextlib import AbstractContextManager
 from dataclasses import dataclass
-from typing import Any, Callable
+from typing import Any
 
 from fastapi import Request
 
@@ -24,7 +23,6 @@ class ApiDeps:
     service: GenerationService
     validator: RequestValidator
     auth: Authenticator
-    admit: Callable[[], AbstractContextManager[None]]  # a slot for one generation, or Overloaded
     metrics: GatewayMetrics
     files: FileStore
     webhooks: WebhookSender
@@ -33,8 +31,7 @@ class ApiDeps:
     replica: str = ""  # this gateway replica's id, sent as X-Served-By (tracing across replicas)
 
 
-def build_deps(config: AppConfig, stages: StageHandles, metrics: GatewayMetrics,
-               admit: Callable[[], AbstractContextManager[None]], job_store: Any | None = None,
+def build_deps(config: AppConfig, stages: StageHandles, metrics: GatewayMetrics, job_store: Any | None = None,
                replica: str = "") -> ApiDeps:
     """The routers' dependencies from the config: what the Gateway wires, and the unit tier too."""
     largest_n = max(config.max_images(route) for route in config.routes)  # the schema's n bound
@@ -44,7 +41,7 @@ def build_deps(config: AppConfig, stages: StageHandles, metrics: GatewayMetrics,
     webhooks = WebhookSender(config.jobs.webhooks, metrics.webhook_attempt)
     runner = (JobRunner(job_store, service, validator, files, webhooks, config.jobs)
               if job_store is not None else None)
-    return ApiDeps(config, service, validator, Authenticator(config.auth), admit, metrics, files, webhooks,
+    return ApiDeps(config, service, validator, Authenticator(config.auth), metrics, files, webhooks,
                    job_store, runner, replica)
 
 

@@ -1,12 +1,13 @@
-"""POST /v1/images/generations: parse → admit → generate → respond, as JSON or as a stream of
-server-sent events (`stream: true`, OpenAI's image streaming events). Errors go to the middleware."""
+"""POST /v1/images/generations: parse → generate (admission inside) → respond, as JSON or as a
+stream of server-sent events (`stream: true`, OpenAI's image streaming events). Errors go to the
+middleware. `X-Request-Timeout: SECONDS` bounds a request: past it, its work stops and it gets 504."""
 
 from __future__ import annotations
 
 import asyncio
+import math
 import time
 from collections.abc import AsyncIterator
-from contextlib import ExitStack
 from typing import Any
 
 from fastapi import APIRouter, Depends, Request
@@ -14,7 +15,7 @@ from fastapi.responses import JSONResponse, StreamingResponse
 
 from serve.api.deps import ApiDeps, authorize, deps
 from serve.api.sse import KEEP_ALIVE, SSE_HEADERS, sse_event
-from serve.errors import ApiError, PayloadTooLarge, UnsupportedMediaType, to_api_error
+from serve.errors import ApiError, BadRequest, PayloadTooLarge, UnsupportedMediaType, to_api_error
 from serve.files import store_images
 from serve.generation import GenerationEvent, GenerationResult
 from serve.responses import b64, response_body
@@ -22,7 +23,7 @@ from serve.schemas import ErrorResponse, ImageGenerationRequest, ImageGeneration
 
 router = APIRouter()
 
-ERRORS = {status: {"model": ErrorResponse} for status in (400, 401, 404, 413, 415, 429, 503)}
+ERRORS = {status: {"model": ErrorResponse} for status in (400, 401, 404, 413, 415, 429, 503, 504)}
 # The body is parsed by our validator (strict JSON, limits from config); /openapi.json publishes
 # the limited schema in place of this one.
 _REQUEST_BODY = {
@@ -33,6 +34,7 @@ _REQUEST_BODY = {
 }
 _STREAM_RESPONSE = {"content": {"text/event-stream": {}}, "description": "With `stream: true`: server-sent events."}
 KEEP_ALIVE_S = 15.0
+TIMEOUT_HEADER = "X-Request-Timeout"
 
 
 @router.post(
@@ -43,15 +45,30 @@ KEEP_ALIVE_S = 15.0
 )
 async def generations(request: Request, api: ApiDeps = Depends(deps), _: str | None = Depends(authorize)):
     body = api.validator.parse(await read_json_body(request, api.validator.limits.max_body_bytes))
+    timeout_s = request_timeout(request, api)
     if body.stream:
-        return await stream_generation(request, api, body)
-    with api.admit():
-        result = await api.service.generate(
-            body, request_id=request.state.request_id, received_at=request.state.received_at
-        )
+        return await stream_generation(request, api, body, timeout_s)
+    result = await api.service.generate(body, request_id=request.state.request_id,
+                                        received_at=request.state.received_at, timeout_s=timeout_s)
     urls = await store_files(api, result, base_url(request, api)) if body.response_format == "url" else None
     response = await asyncio.to_thread(response_body, result, urls)
     return JSONResponse(response.model_dump(exclude_none=True), headers={"Server-Timing": server_timing(result.timings)})
+
+
+def request_timeout(request: Request, api: ApiDeps) -> float | None:
+    """The client's `X-Request-Timeout` in seconds (capped by gateway.max_request_timeout_s)."""
+    value = request.headers.get(TIMEOUT_HEADER)
+    if value is None:
+        return None
+    limit = api.config.gateway.max_request_timeout_s
+    try:
+        seconds = float(value)
+    except ValueError:
+        seconds = math.nan
+    if not 0 < seconds <= limit:  # NaN fails too
+        raise BadRequest(f"{TIMEOUT_HEADER} must be a number of seconds in (0, {limit:g}], got {value[:40]!r}",
+                         TIMEOUT_HEADER)
+    return seconds
 
 
 async def read_json_body(request: Request, max_bytes: int) -> bytes:
@@ -82,23 +99,22 @@ def server_timing(timings: Timings) -> str:
 # --- streaming ---------------------------------------------------------------------------------
 
 
-async def stream_generation(request: Request, api: ApiDeps, body: ImageGenerationRequest) -> StreamingResponse:
+async def stream_generation(request: Request, api: ApiDeps, body: ImageGenerationRequest,
+                            timeout_s: float | None) -> StreamingResponse:
     """Admit now (a 503 is still a plain JSON answer), then run the generation in its own task and
     stream its events. When the client goes away, the generation is cancelled: its denoiser rows
     leave their batch at the next step."""
-    slot = ExitStack()
-    slot.enter_context(api.admit())
+    admitted = await api.service.admit(body)
     events: asyncio.Queue[GenerationEvent | GenerationResult | ApiError] = asyncio.Queue()
     cancel = asyncio.Event()
 
     async def run() -> None:
-        with slot:
-            try:
-                events.put_nowait(await api.service.generate(
-                    body, request_id=request.state.request_id, received_at=request.state.received_at,
-                    on_event=events.put_nowait, cancel=cancel))
-            except Exception as exc:  # noqa: BLE001 - everything is typed for the stream's error event
-                events.put_nowait(to_api_error(exc))
+        try:
+            events.put_nowait(await api.service.generate(
+                body, request_id=request.state.request_id, received_at=request.state.received_at,
+                on_event=events.put_nowait, cancel=cancel, timeout_s=timeout_s, admitted=admitted))
+        except Exception as exc:  # noqa: BLE001 - everything is typed for the stream's error event
+            events.put_nowait(to_api_error(exc))
 
     task = asyncio.ensure_future(run())
     stream = _OpenAIStream(body, base_url(request, api), api)

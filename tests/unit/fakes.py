@@ -116,20 +116,25 @@ class FakeDenoiser(FakeStage):
         super().__init__(kind, log)
         self.failures: list[BaseException] = []  # raised by the next calls, one each
         self.delay_s = 0.0
+        self.queue_delay_s = 0.0
         self.ping_delay_s = 0.0
         self.steps_run = 0
 
     async def do_denoise(self, spec, prompt: Encoded, negative: Encoded | None):
         """Like the Denoiser: a DenoiseProgress per step when asked (a preview tensor at the
-        spec's preview steps), then the latents; `delay_s` is spread over the steps."""
+        spec's preview steps), else after the first step only, then the latents; `delay_s` is
+        spread over the steps and `queue_delay_s` comes before the first."""
         if self.failures:
             raise self.failures.pop(0)
+        await asyncio.sleep(self.queue_delay_s)
         for step in range(spec.steps):
             await asyncio.sleep(self.delay_s / spec.steps)
             self.steps_run += 1
             if spec.progress:
                 preview = torch.full((spec.num_images, 4, 2, 2), float(step)) if step in spec.preview_steps else None
                 yield DenoiseProgress(step + 1, spec.steps, preview)
+            elif step == 0:
+                yield DenoiseProgress(1, spec.steps, None)
         yield Latents(FakeLatents(spec, prompt, negative))
 
     def do_resolution(self) -> int:
@@ -207,6 +212,8 @@ class RecordingMetrics:
         self.cancelled = 0
         self.first_events: list[tuple[str, float]] = []
         self.webhooks: list[str] = []
+        self.shed_reasons: list[tuple[str, str]] = []
+        self.queue_waits: list[tuple[str, float]] = []
 
     def request_done(self, route: str, timings: dict[str, float], images: int) -> None:
         self.done.append((route, timings, images))
@@ -228,6 +235,12 @@ class RecordingMetrics:
 
     def webhook_attempt(self, result: str) -> None:
         self.webhooks.append(result)
+
+    def shed(self, route: str, reason: str) -> None:
+        self.shed_reasons.append((route, reason))
+
+    def queue_wait(self, route: str, estimate_s: float) -> None:
+        self.queue_waits.append((route, estimate_s))
 
 
 def app_config(**changes: Any):

@@ -15,19 +15,17 @@ import pytest
 from serve.api.app import build_api
 from serve.api.deps import build_deps
 from serve.auth import key_digest
-from serve.gateway import Admission
 from tests.unit.fakes import RecordingMetrics, app_config, fake_stages
 
 KEY = "sk-unit-0123456789"
 URL = "/v1/images/generations"
 
 
-def _api(config=None, admission=None):
+def _api(config=None):
     config = config or app_config()
     stages = fake_stages(config.routes)
     metrics = RecordingMetrics()
-    admission = admission or Admission(config.gateway.max_inflight)
-    return build_api(build_deps(config, stages.handles(), metrics, admission.slot)), stages, metrics
+    return build_api(build_deps(config, stages.handles(), metrics)), stages, metrics
 
 
 def _call(app, method: str, path: str, **kwargs) -> httpx.Response:
@@ -103,17 +101,6 @@ def test_api_keys_guard_generations_and_models_but_not_health():
     assert _call(app, "GET", "/healthz").json() == {"status": "ok", "routes": ["r1k", "r4k"]}
 
 
-def test_admission_cap_answers_503_with_retry_after_before_any_stage_work():
-    admission = Admission(1)
-    app, stages, _ = _api(app_config(gateway__max_inflight=1), admission)
-    with admission.slot():  # one generation already in flight
-        busy = _call(app, "POST", URL, json={"prompt": "a fox", "size": "64x64"})
-    assert busy.status_code == 503 and int(busy.headers["retry-after"]) >= 1
-    assert busy.json()["error"]["type"] == "overloaded_error" and not stages.log
-    assert _call(app, "POST", URL, json={"prompt": "a fox", "size": "64x64"}).status_code == 200
-    assert admission.inflight == 0
-
-
 def test_openapi_publishes_the_configured_limits():
     app, _, _ = _api(app_config(gateway__limits={"max_steps": 7, "max_prompt_chars": 99, "max_images": 3}))
     spec = _call(app, "GET", "/openapi.json").json()
@@ -124,21 +111,6 @@ def test_openapi_publishes_the_configured_limits():
     steps = next(b for b in properties["num_inference_steps"]["anyOf"] if b.get("type") == "integer")
     assert steps["maximum"] == 7
     assert _call(app, "GET", "/docs").status_code == 200
-
-
-def test_admission_suggests_a_typical_request_time_and_frees_slots_on_failure():
-    now = [0.0]
-    admission = Admission(2, clock=lambda: now[0])
-    with admission.slot():
-        now[0] += 6.0
-    assert admission.typical_s == pytest.approx(0.8 * 1.0 + 0.2 * 6.0)
-    with pytest.raises(RuntimeError), admission.slot():
-        raise RuntimeError("the generation failed")
-    assert admission.inflight == 0 and admission.typical_s == pytest.approx(2.0)  # failures do not count
-    with admission.slot(), admission.slot():
-        with pytest.raises(Exception) as raised, admission.slot():
-            pass
-    assert raised.value.status == 503 and raised.value.retry_after_s == pytest.approx(2.0)
 
 
 def test_model_cards_list_each_routes_sizes_limits_and_defaults():

@@ -19,7 +19,6 @@ from serve.api.deps import build_deps
 from serve.auth import key_digest
 from serve.config import JobsConfig
 from serve.errors import Conflict, NotFound
-from serve.gateway import Admission
 from serve.jobs import JobBook
 from serve.webhooks import verify_signature
 from tests.unit.fakes import LocalHandle, RecordingMetrics, app_config, fake_stages
@@ -139,7 +138,7 @@ def _jobs_api(tmp_path, monkeypatch, steps_delay_s: float = 0.0, **changes: Any)
     stages = fake_stages(config.routes)
     stages.routes["r1k"][0].delay_s = steps_delay_s
     book = JobBook(config.jobs)
-    deps = build_deps(config, stages.handles(), RecordingMetrics(), Admission(0).slot, LocalHandle(book))
+    deps = build_deps(config, stages.handles(), RecordingMetrics(), LocalHandle(book))
     return build_api(deps), deps, stages
 
 

@@ -16,7 +16,6 @@ from hypothesis import strategies as st
 
 from serve.api.app import build_api
 from serve.api.deps import build_deps
-from serve.gateway import Admission
 from serve.jobs import JobBook
 from tests.unit.fakes import LocalHandle, RecordingMetrics, app_config, fake_stages
 
@@ -65,7 +64,7 @@ ENDPOINTS = ["/v1/images/generations", "/v1/images/jobs"]
 def app(tmp_path_factory):
     config = app_config(files={"directory": str(tmp_path_factory.mktemp("files"))})
     stages = fake_stages(config.routes)
-    deps = build_deps(config, stages.handles(), RecordingMetrics(), Admission(0).slot,
+    deps = build_deps(config, stages.handles(), RecordingMetrics(),
                       LocalHandle(JobBook(config.jobs)))
     return build_api(deps)  # no job runner started: submitted jobs stay queued
 
