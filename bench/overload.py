@@ -5,13 +5,13 @@
     python -m bench.overload --url http://127.0.0.1:8000 --base 8 --duration 60 --rounds 2
 
 Each client sends a request (512x512, 4 steps by default), waits for the answer (client timeout
-60 s), and sends the next; after a 503 it waits the server's Retry-After (capped by --max-backoff)
-as a polite client would. Levels run interleaved, round after round. Per level it prints: goodput
+60 s), and sends the next; after a 503 it waits the server's Retry-After (capped by --max-backoff,
+default 60 s as the openai client does) as a polite client would. Levels run interleaved, round after round. Per level it prints: goodput
 (images/s of 200s), p50/p99 latency of 200s, p99 time to a 503, and the count of each status
 (0 = client timeout or connection error; `503 text` = Ray's proxy, `503 json` = our admission), and
 checks the goals: no 5xx but 503 with Retry-After, no client timeouts, p99 of 200s within the
-queue budget plus one request's service time, goodput at 2x at least 90% of 1x. JSON goes to
-bench/results/overload.json.
+queue budget plus one request's service time (its median latency at 1x: served in a full batch,
+nothing queued ahead), goodput at 2x at least 90% of 1x. JSON goes to bench/results/overload.json.
 """
 
 from __future__ import annotations
@@ -99,8 +99,9 @@ def _round(value: float) -> float:
     return round(value, 3)
 
 
-def goals(report: dict[str, list[dict]], budget_s: float, solo_s: float) -> dict[str, bool]:
-    """The issue's goals, over every round."""
+def goals(report: dict[str, list[dict]], budget_s: float, service_s: float) -> dict[str, bool]:
+    """The goals, over every round. `service_s`: one request's service time on a full server (the
+    median latency at 1x: a request served in a full batch, with no queue ahead of it)."""
     rounds = [r for runs in report.values() for r in runs]
     statuses = Counter()
     for r in rounds:
@@ -111,8 +112,23 @@ def goals(report: dict[str, list[dict]], budget_s: float, solo_s: float) -> dict
     return {
         "no_5xx_but_503_with_retry_after": not bad and all(r["refusals_without_retry_after"] == 0 for r in rounds),
         "no_client_timeouts": statuses.get("timeout", 0) == 0,
-        "p99_of_200s_within_budget_plus_service": p99 <= budget_s + solo_s,
+        "p99_of_200s_within_budget_plus_service": p99 <= budget_s + service_s,
         "goodput_2x_at_least_90pct_of_1x": "2x" in goodput and goodput["2x"] >= 0.9 * goodput["1x"],
+    }
+
+
+def _medians(runs: list[dict]) -> dict:
+    """Median over rounds, with [min, max]."""
+    def spread(values: list[float]) -> dict:
+        return {"median": round(statistics.median(values), 3), "min": min(values), "max": max(values)} if values else None
+
+    return {
+        "goodput_images_per_s": spread([r["goodput_images_per_s"] for r in runs]),
+        "latency_200_p50_s": spread([r["latency_200_s"]["p50"] for r in runs if r["latency_200_s"]]),
+        "latency_200_p99_s": spread([r["latency_200_s"]["p99"] for r in runs if r["latency_200_s"]]),
+        "time_to_503_p99_s": spread([r["time_to_503_p99_s"] for r in runs if r["time_to_503_p99_s"] is not None]),
+        "share_503": spread([round(sum(v for k, v in r["statuses"].items() if k.startswith("503")) / r["answers"], 3)
+                             for r in runs]),
     }
 
 
@@ -135,7 +151,8 @@ def main() -> None:
     parser.add_argument("--duration", type=float, default=60.0, help="seconds per level and round")
     parser.add_argument("--rounds", type=int, default=2)
     parser.add_argument("--timeout", type=float, default=60.0, help="client timeout, seconds")
-    parser.add_argument("--max-backoff", type=float, default=2.0, help="cap on honouring Retry-After, seconds")
+    parser.add_argument("--max-backoff", type=float, default=60.0,
+                        help="cap on honouring Retry-After, seconds (the openai client honours up to 60)")
     parser.add_argument("--budget", type=float, default=10.0, help="the server's max_queue_wait_s (for the goal)")
     parser.add_argument("--out", type=Path, default=Path("bench/results/overload.json"))
     args = parser.parse_args()
@@ -151,12 +168,11 @@ def main() -> None:
             summary = {"clients": clients, **summarize(answers, args.duration)}
             report[f"{multiple}x"].append(summary)
             print(f"round {round_index + 1} {multiple}x ({clients} clients): {json.dumps(summary)}", flush=True)
-    checked = goals(report, args.budget, solo)
-    medians = {name: {"goodput_images_per_s": statistics.median(r["goodput_images_per_s"] for r in runs),
-                      "goodput_spread": [min(r["goodput_images_per_s"] for r in runs),
-                                         max(r["goodput_images_per_s"] for r in runs)]}
-               for name, runs in report.items()}
-    result = {"body": BODY, "solo_latency_s": round(solo, 3), "budget_s": args.budget, "levels": report,
+    service = statistics.median(r["latency_200_s"]["p50"] for r in report["1x"]) if "1x" in report else solo
+    checked = goals(report, args.budget, service)
+    medians = {name: _medians(runs) for name, runs in report.items()}
+    result = {"body": BODY, "solo_latency_s": round(solo, 3), "service_s_at_1x": round(service, 3),
+              "budget_s": args.budget, "levels": report,
               "medians": medians, "goals": checked}
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps(result, indent=2) + "\n")

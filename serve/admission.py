@@ -5,7 +5,8 @@ a new request) and the route's throughput as this replica sees it: images finish
 busy time (time with work in flight), over the last `window` completions. A new request's queue
 wait is estimated as the work ahead divided by that throughput. Past the route's budget
 (`max_queue_wait_s`) the request is refused at once: 503 with a Retry-After of the time until the
-work ahead fits the budget again. Until a route has finished enough requests to measure (a cold
+work ahead fits the budget again, plus a random share of up to half a budget so that clients
+refused together come back spread out. Until a route has finished enough requests to measure (a cold
 start), at most `cold_start_images` images are in flight on it.
 
 Throughput is measured over busy time, so idle periods do not dilute it. Measured at light load it
@@ -13,13 +14,15 @@ underestimates what batching gives under load (the estimate is then cautious) an
 fill. With several gateway replicas each sees its share of the work and of the throughput, so the
 ratio, the wait, is the same.
 
-Admitted requests also carry their budget: the generation service drops a request whose
-denoising has not started within it (the same 503) rather than leaving it queued.
+Admitted requests also carry a deadline to start, `drop_after` × the budget: the generation service
+drops a request whose denoising has not started by then (the same 503) rather than leaving it
+queued. Above 1, so that requests admitted near the budget are not dropped for the estimate's noise.
 """
 
 from __future__ import annotations
 
 import math
+import random
 import time
 from collections import deque
 from collections.abc import Callable
@@ -49,9 +52,10 @@ class Estimate:
 class Ticket:
     """One admitted generation: `started()` when its denoising starts, `finish(ok)` at the end."""
 
-    def __init__(self, admission: Admission, route: str, images: int, budget_s: float | None,
+    def __init__(self, admission: Admission, route: str, images: int, drop_after_s: float | None,
                  estimate: Estimate) -> None:
-        self.admission, self.route, self.images, self.budget_s = admission, route, images, budget_s
+        self.admission, self.route, self.images = admission, route, images
+        self.drop_after_s = drop_after_s  # dropped if its denoising has not started by then
         self.estimate = estimate  # the route's figures when it was admitted
         self.is_started = False
         self._open = True
@@ -74,8 +78,9 @@ class Ticket:
 class Admission:
     def __init__(self, config: AdmissionConfig, budgets: dict[str, float | None] | None = None,
                  on_shed: Callable[[str, str], None] | None = None,
-                 clock: Callable[[], float] = time.monotonic) -> None:
+                 clock: Callable[[], float] = time.monotonic, jitter: Callable[[], float] = random.random) -> None:
         self.config = config
+        self.jitter = jitter  # in [0, 1): spreads Retry-After
         self.budgets = budgets or {}
         self.on_shed = on_shed or (lambda route, reason: None)
         self.clock = clock
@@ -94,7 +99,9 @@ class Admission:
         load = self._load(route)
         load.inflight_images += images
         self.inflight += 1
-        return Ticket(self, route, images, self.budget(route) if shed else None, estimate)
+        budget = self.budget(route) if shed else None
+        drop_after = None if budget is None else budget * self.config.drop_after
+        return Ticket(self, route, images, drop_after, estimate)
 
     def _check(self, route: str, images: int, estimate: Estimate) -> None:
         config = self.config
@@ -109,9 +116,12 @@ class Admission:
             if estimate.ahead_images + images > config.cold_start_images:
                 self._refuse(route, "cold_start", f"route {route} is busy; retry later", 1.0)
         elif estimate.wait_s > budget:
+            # Come back once the excess work is done, spread over up to half a budget more, so that
+            # the clients refused together do not all return together.
+            retry = estimate.wait_s - budget + self.jitter() * budget / 2
             self._refuse(route, "estimate",
                          f"route {route} is busy: about {estimate.wait_s:.0f} s of work is queued ahead "
-                         f"(the limit is {budget:g} s); retry later", estimate.wait_s - budget)
+                         f"(the limit is {budget:g} s); retry later", retry)
 
     def _refuse(self, route: str, reason: str, message: str, retry_after_s: float) -> None:
         self.on_shed(route, reason)
@@ -120,7 +130,7 @@ class Admission:
     def queue_timeout(self, ticket: Ticket) -> Overloaded:
         """The error for an admitted request still queued past its budget (counted as shed)."""
         self.on_shed(ticket.route, "queue_timeout")
-        return Overloaded(f"route {ticket.route} could not start this request within {ticket.budget_s:g} s; "
+        return Overloaded(f"route {ticket.route} could not start this request within {ticket.drop_after_s:g} s; "
                           "retry later", retry_after_s=max(1.0, math.ceil(self.retry_after(ticket.route))))
 
     # --- figures --------------------------------------------------------------------------------

@@ -289,8 +289,9 @@ class GenerationService:
     async def _admitted(self, request: ImageGenerationRequest, request_id: str, started: float,
                         progress: _Progress, route: str, width: int, height: int, ticket: Ticket) -> GenerationResult:
         queue_timer = None
-        if ticket.budget_s is not None:  # still queued past the budget: dropped, not left to time out
-            queue_timer = asyncio.get_running_loop().call_later(ticket.budget_s, self._queue_timeout, ticket, progress)
+        if ticket.drop_after_s is not None:  # still queued well past the budget: dropped, not left to time out
+            queue_timer = asyncio.get_running_loop().call_later(ticket.drop_after_s, self._queue_timeout, ticket,
+                                                                progress)
         try:
             return await self._stages_and_images(request, request_id, started, progress, route, width, height, ticket)
         finally:
