@@ -14,9 +14,9 @@ underestimates what batching gives under load (the estimate is then cautious) an
 fill. With several gateway replicas each sees its share of the work and of the throughput, so the
 ratio, the wait, is the same.
 
-Admitted requests also carry a deadline to start, `drop_after` × the budget: the generation service
-drops a request whose denoising has not started by then (the same 503) rather than leaving it
-queued. Above 1, so that requests admitted near the budget are not dropped for the estimate's noise.
+Admitted requests also carry a deadline to start, `drop_after` × the budget (default 1): the
+generation service drops a request whose denoising has not started by then (the same 503) rather
+than leaving it queued, so an admitted request finishes within the budget plus its own service.
 """
 
 from __future__ import annotations

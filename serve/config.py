@@ -176,10 +176,11 @@ class AdmissionConfig(_Section):
     """A request whose estimated queue wait (work ahead / throughput) is above this is refused with
     503 (and an admitted one still queued well past it is dropped, see drop_after). A route's own
     `max_queue_wait_s` overrides it. None: no estimate-based shedding."""
-    drop_after: float = Field(1.5, ge=1.0)
+    drop_after: float = Field(1.0, ge=1.0)
     """An admitted request whose denoising has not started after drop_after × the budget is dropped
-    with 503 (the estimate was wrong: a replica lost, a slower mix); above 1 so that requests
-    admitted near the budget are not dropped for the estimate's noise."""
+    with 503 (the estimate was wrong: a replica lost, a slower mix). 1: an admitted request's
+    latency stays within the budget plus its own service time; above 1 trades that bound for fewer
+    requests dropped after waiting near the budget."""
     cold_start_images: int = Field(32, ge=1)
     """Images in flight on a route before its throughput is measured (the first completions)."""
     window: int = Field(32, ge=2)
