@@ -5,7 +5,7 @@ a new request) and the route's throughput as this replica sees it: images finish
 busy time (time with work in flight), over the last `window` completions. A new request's queue
 wait is estimated as the work ahead divided by that throughput. Past the route's budget
 (`max_queue_wait_s`) the request is refused at once: 503 with a Retry-After of the time until the
-work ahead fits the budget again, plus a random share of up to half a budget so that clients
+work ahead fits the budget again, plus a random share of up to one budget so that clients
 refused together come back spread out. Until a route has finished enough requests to measure (a cold
 start), at most `cold_start_images` images are in flight on it.
 
@@ -116,9 +116,9 @@ class Admission:
             if estimate.ahead_images + images > config.cold_start_images:
                 self._refuse(route, "cold_start", f"route {route} is busy; retry later", 1.0)
         elif estimate.wait_s > budget:
-            # Come back once the excess work is done, spread over up to half a budget more, so that
+            # Come back once the excess work is done, spread over up to one budget more, so that
             # the clients refused together do not all return together.
-            retry = estimate.wait_s - budget + self.jitter() * budget / 2
+            retry = estimate.wait_s - budget + self.jitter() * budget
             self._refuse(route, "estimate",
                          f"route {route} is busy: about {estimate.wait_s:.0f} s of work is queued ahead "
                          f"(the limit is {budget:g} s); retry later", retry)

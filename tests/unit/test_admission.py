@@ -64,8 +64,8 @@ def test_requests_past_the_queue_budget_are_refused_with_the_time_until_it_fits(
     held.append(admission.admit("r", 1))  # 10 s: within the budget
     with pytest.raises(Overloaded) as refused:  # 21 images ahead: 10.5 s
         admission.admit("r", 1)
-    # Retry-After: the 0.5 s excess, plus the jitter's share (0.5 here) of half the 10 s budget, rounded up.
-    assert refused.value.status == 503 and refused.value.retry_after_s == 3 and "about 10 s" in refused.value.message
+    # Retry-After: the 0.5 s excess, plus the jitter's share (0.5 here) of the 10 s budget, rounded up.
+    assert refused.value.status == 503 and refused.value.retry_after_s == 6 and "about 10 s" in refused.value.message
     assert shed == [("r", "estimate")]
     assert admission.admit("r", 4, shed=False)  # a queued job is counted, never refused
     for ticket in held:
