@@ -20,7 +20,7 @@ BODY = {"prompt": "a red fox", "size": "256x256", "num_inference_steps": 8}
 
 
 @pytest.fixture(scope="module")
-def url(ray_serve, tiny_checkpoint):
+def app_args(tiny_checkpoint) -> dict:
     args = local_args(str(tiny_checkpoint),
                       denoiser={"deployment": {"num_replicas": 1},
                                 "batching": {"max_batch_size": 4, "batch_wait_timeout_s": 0.0}})
@@ -28,8 +28,13 @@ def url(ray_serve, tiny_checkpoint):
     # A small gateway queue, so that Ray's proxy sheds too (with the configured Retry-After).
     args["gateway"]["deployment"] = {"num_replicas": 1, "max_ongoing_requests": 12, "max_queued_requests": 2,
                                      "backpressure_config": {"retry_after_s": 3},
-                                     "ray_actor_options": {"num_cpus": 0.1}}
-    with deployed(args, APP, "/overload"):
+                                     "graceful_shutdown_timeout_s": 60, "ray_actor_options": {"num_cpus": 0.1}}
+    return args
+
+
+@pytest.fixture(scope="module")
+def url(ray_serve, app_args):
+    with deployed(app_args, APP, "/overload"):
         yield f"{ray_serve}/overload"
 
 
@@ -87,3 +92,24 @@ def test_a_request_past_its_timeout_gets_504_and_its_denoising_stops(url):
     after = settled(lambda samples: metric_value(samples, "ray_sana_denoise_steps_total", APP))
     assert after - before < 50  # the batch dropped the request before its last step
     assert steps_done() == after
+
+
+def test_a_redeploy_lets_the_replaced_gateways_requests_finish(url, app_args):
+    """Ray replaces the Gateway replica (a changed actor option) while requests run on it: they
+    finish with 200 (the Gateway's graceful_shutdown_timeout_s), and the new replica serves."""
+    from ray import serve
+
+    from serve.app import build_app
+
+    time.sleep(2 * BUDGET_S)
+    slow = {"prompt": "a red fox", "size": "512x512", "num_inference_steps": 40}
+    with ThreadPoolExecutor(3) as pool:
+        running = [pool.submit(_post, url, {**slow, "seed": seed}) for seed in range(3)]
+        time.sleep(1.0)
+        assert not any(future.done() for future in running)
+        changed = {**app_args, "gateway": {**app_args["gateway"], "deployment": {
+            **app_args["gateway"]["deployment"], "ray_actor_options": {"num_cpus": 0.11}}}}
+        serve.run(build_app(changed), name=APP, route_prefix="/overload")  # returns once the new one runs
+        assert [future.result()[0].status_code for future in running] == [200, 200, 200]
+    response, _ = _post(url, {**BODY, "seed": 7})
+    assert response.status_code == 200, response.text

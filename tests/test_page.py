@@ -245,10 +245,12 @@ def test_the_apis_size_errors_show_next_to_the_size_field(page, page_url):
 
 def test_several_jobs_run_at_once_each_in_its_own_card_with_hearts_for_unsafe_words(page):
     prompts = ["a green square", "一颗红心 🙂 a red heart, gore"]  # any script, emoji; "gore" is blocklisted
-    for prompt in prompts:
+    for count, prompt in enumerate(prompts, start=1):
         _fill(page, "prompt", prompt)
         page.find_element(By.ID, "generate").click()
-    wait_for(lambda: len(page.find_elements(By.CSS_SELECTOR, "#cards > .card")) == 2, 10, what="two cards")
+        # Generate is disabled while its submit is in flight (no double submits): wait for the card.
+        wait_for(lambda: len(page.find_elements(By.CSS_SELECTOR, "#cards > .card")) == count, 30,
+                 what=f"card {count}")
     cards = page.find_elements(By.CSS_SELECTOR, "#cards > .card")
     wait_for(lambda: all(_state(card) == "completed" for card in cards), 180, what="both jobs")
     titles = [card.find_element(By.CSS_SELECTOR, ".card-title").text for card in cards]

@@ -22,6 +22,8 @@ def base_url(ray_serve, tiny_checkpoint):
         denoiser={"batching": {"max_batch_size": 4, "batch_wait_timeout_s": 0.05},
                   "deployment": {"num_replicas": 2}},
     )
+    # This is about faults, not load: 32 images at once must all be taken (no admission shedding).
+    args["gateway"]["admission"] = {"max_queue_wait_s": None}
     with deployed(args, APP, "/"):
         yield ray_serve
 
