@@ -31,8 +31,6 @@ from dataclasses import dataclass, field
 from serve.config import AdmissionConfig
 from serve.errors import Overloaded
 
-SHED_REASONS = ("estimate", "cold_start", "max_inflight", "draining", "queue_timeout")
-
 
 @dataclass
 class _RouteLoad:

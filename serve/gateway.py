@@ -42,7 +42,7 @@ class Gateway:
         claiming. Returns the generations still in flight (they run to the end)."""
         self.deps.service.admission.draining = True
         if self.deps.job_runner is not None:
-            self.deps.job_runner.claiming = False
+            self.deps.job_runner.stop_claiming()
         return self.deps.service.admission.inflight
 
     def inflight(self) -> int:

@@ -98,12 +98,16 @@ class GenerationResult:
 
 @dataclass(frozen=True)
 class Admitted:
-    """A request's route and size, and its admission ticket (finished when the generation ends)."""
+    """A request's size and its admission ticket (which knows the route; finished when the
+    generation ends)."""
 
-    route: str
     width: int
     height: int
     ticket: Ticket
+
+    @property
+    def route(self) -> str:
+        return self.ticket.route
 
 
 @dataclass(frozen=True)
@@ -254,15 +258,14 @@ class GenerationService:
                 f"the request did not finish within its X-Request-Timeout of {timeout_s:g} s; its work was cancelled"))
         try:
             return await self._generate(request, request_id, started, progress, shed, admitted)
-        except (Cancelled, DeadlineExceeded, Overloaded, asyncio.CancelledError) as exc:
-            if isinstance(exc, (Overloaded, DeadlineExceeded)) and exc is not progress.failure:
-                raise  # refused at the door: nothing started
+        except BaseException as exc:
             # Cancelled by the caller, or the caller's task was (its HTTP client went away), or
             # stopped by its deadline or queue budget: nothing upstream keeps working for nobody.
-            progress.cancel_in_flight()
-            self.metrics.generation_cancelled()
-            log_event(logger, "request_cancelled", request_id=request_id,
-                      reason=progress.failure.type if progress.failure else "cancelled")
+            if exc is progress.failure or isinstance(exc, (Cancelled, asyncio.CancelledError)):
+                progress.cancel_in_flight()
+                self.metrics.generation_cancelled()
+                log_event(logger, "request_cancelled", request_id=request_id,
+                          reason=progress.failure.type if progress.failure else "cancelled")
             raise
         finally:
             if deadline is not None:
@@ -276,7 +279,7 @@ class GenerationService:
         ticket = self.admission.admit(route, request.n, shed=shed)
         if ticket.estimate.wait_s is not None:
             self.metrics.queue_wait(route, ticket.estimate.wait_s)
-        return Admitted(route, width, height, ticket)
+        return Admitted(width, height, ticket)
 
     async def _generate(self, request: ImageGenerationRequest, request_id: str, started: float,
                         progress: _Progress, shed: bool, admitted: Admitted | None) -> GenerationResult:

@@ -39,10 +39,14 @@ class JobRunner:
         self.runner_id = f"runner_{secrets.token_hex(6)}"
         self.workers: list[asyncio.Task] = []
         self.background: set[asyncio.Task] = set()
-        self.claiming = True  # False while the replica drains: finish what runs, claim nothing new
+        self.claiming = True  # see stop_claiming
 
     def start(self) -> None:
         self.workers = [asyncio.ensure_future(self._work()) for _ in range(self.config.runners_per_gateway)]
+
+    def stop_claiming(self) -> None:
+        """While the replica drains: finish what runs, claim nothing new."""
+        self.claiming = False
 
     async def stop(self) -> None:
         for task in [*self.workers, *self.background]:
