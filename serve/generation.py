@@ -516,8 +516,9 @@ class GenerationService:
                     self.metrics.first_event(route, progress.elapsed_ms())
                 progress.emit("step", step=item.step, total=item.total)
                 if item.preview is not None:
-                    previews.append(asyncio.ensure_future(
-                        self._preview(route, item.preview, len(previews), resolved, progress, output_format)))
+                    after = previews[-1] if previews else None
+                    previews.append(asyncio.ensure_future(self._preview(
+                        route, item.preview, len(previews), resolved, progress, output_format, after)))
             # Previews come before the result: they are small and already under way.
             await progress.result(asyncio.gather(*previews))
         finally:
@@ -528,9 +529,10 @@ class GenerationService:
         return latents
 
     async def _preview(self, route: str, clean: Any, index: int, resolved: ResolvedRequest, progress: _Progress,
-                       output_format: str) -> None:
-        """Decode a predicted clean latent at reduced size and emit it. A failed preview is logged,
-        never the request's failure."""
+                       output_format: str, after: asyncio.Future[None] | None) -> None:
+        """Decode a predicted clean latent at reduced size and emit it once the preview before it
+        (`after`) is out: decodes overlap, but a later one can finish first and clients expect
+        `partial_image_index` in order. A failed preview is logged, never the request's failure."""
         max_side = self.config.gateway.preview_max_side
         try:
             pixels = await self.stages.routes[route].decoder.preview.remote(
@@ -538,6 +540,10 @@ class GenerationService:
             images = await self._encode_images(pixels, output_format)
         except Exception as exc:  # noqa: BLE001
             log_event(logger, "preview_failed", logging.WARNING, request_id=progress.request_id, error=error_text(exc))
+            images = None
+        if after is not None:
+            await after
+        if images is None:
             return
         height, width = pixels.shape[1:3]
         progress.emit("partial_image", index=index, images=images, size=f"{width}x{height}", format=output_format)

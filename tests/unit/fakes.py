@@ -148,6 +148,7 @@ class FakeDecoder(FakeStage):
     def __init__(self, kind: str, log: list) -> None:
         super().__init__(kind, log)
         self.ping_delay_s = 0.0
+        self.preview_delay_s: dict[int, float] = {}  # by the step a preview was taken at
 
     def do_decode(self, latents: Latents, width: int, height: int) -> Pixels:
         n = latents.latents.spec.num_images
@@ -157,9 +158,10 @@ class FakeDecoder(FakeStage):
     async def do_ping(self) -> None:
         await asyncio.sleep(self.ping_delay_s)
 
-    def do_preview(self, clean, width: int, height: int, max_side: int) -> np.ndarray:
+    async def do_preview(self, clean, width: int, height: int, max_side: int) -> np.ndarray:
         scale = min(1.0, max_side / max(width, height))
         level = int(clean.flatten()[0])  # the step it was taken at, so tests can tell previews apart
+        await asyncio.sleep(self.preview_delay_s.get(level, 0.0))
         return np.full((clean.shape[0], round(height * scale), round(width * scale), 3), level, dtype=np.uint8)
 
 

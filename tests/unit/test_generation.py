@@ -194,6 +194,18 @@ def test_partial_images_are_decoded_previews_emitted_before_the_result():
     assert len(result.images) == 2
 
 
+def test_partial_images_are_emitted_in_order_when_a_later_decode_finishes_first():
+    service, stages, _ = _service()
+    stages.routes["r1k"][1].preview_delay_s = {1: 0.2}  # the first preview (step 1) decodes slowest
+    events = []
+    request = ImageGenerationRequest(prompt="a fox", size="64x64", num_inference_steps=8, partial_images=3)
+    asyncio.run(service.generate(request, request_id="r", on_event=events.append))
+    previews = [e for e in events if e.kind == "partial_image"]
+    assert [e.detail["index"] for e in previews] == [0, 1, 2]
+    levels = [np.asarray(Image.open(io.BytesIO(e.detail["images"][0])))[0, 0, 0] for e in previews]
+    assert levels == [1, 3, 5]
+
+
 def test_cancel_stops_the_denoiser_stream_and_counts():
     service, stages, metrics = _service()
     stages.routes["r1k"][0].delay_s = 5.0
