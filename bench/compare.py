@@ -1,15 +1,21 @@
-"""Served vs in-process on one checkpoint and workload, interleaved, with medians and spreads.
+"""Served vs in-process on one checkpoint and workload, interleaved request by request, with medians and spreads.
 
     python -m bench.compare [--checkpoint DIR] [--rounds 5] [--requests 6] [--steps 20] [--device cpu]
-                            [--out bench/results/compare-cpu.json]
+                            [--replica-env KEY=VALUE] [--out bench/results/compare-cpu.json]
 
 Four systems stay loaded for the whole run: diffusers' SanaPipeline and our in-process pipeline in
-this process (one request at a time), and the Ray Serve app (deploy/local.yaml's shape on the
-checkpoint, one Denoiser replica, admission off) over HTTP on 127.0.0.1 at concurrency 1 and 8.
-After one uncounted warm-up round, each round runs every system once on the same prompts, sizes
-and seeds, in an order that rotates from round to round; each round gives its ratios, and the
-report is the median of each ratio with its [min, max] and spread. Torch threads are pinned (--threads here and in each stage replica).
-Without --checkpoint it materializes `small` (Sana-shaped, ~1 s of CPU per 512px image).
+this process, and the Ray Serve app (deploy/local.yaml's shape on the checkpoint, one Denoiser
+replica, admission off) over HTTP on 127.0.0.1.
+
+The sequential systems are interleaved request by request: request i goes to diffusers, in-process
+and served-at-concurrency-1 back to back, in an order that rotates with i, so a slow second of this
+machine lands on all three alike. Served throughput at concurrency 8 runs as a block per round
+(closed loop, 16 requests) between those. After one uncounted warm-up round, each round gives its
+ratios (mean latency over mean latency; images/s over images/s, the sequential systems' from the
+sum of their latencies); the report is each ratio's median over rounds with [min, max] and spread.
+Torch threads are pinned (--threads here and in each stage replica); prompts, sizes and seeds are
+the same for every system. Without --checkpoint it materializes `small` (Sana-shaped, ~1 s of CPU
+per 512px image).
 """
 
 from __future__ import annotations
@@ -23,23 +29,18 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
-from bench.load import closed_loop, summarize, workload
+import httpx
+
+from bench.load import PROMPTS, closed_loop, summarize, workload
 from serve.local_app import free_port, local_app_args
 
 
-def _sequential(generate: Callable[[str, int, int, int, int], None], requests: int, sizes: list[str],
-                steps: int) -> dict:
-    latencies = []
+def _timed(generate: Callable[[str, int, int, int, int], None], body: dict) -> float:
+    """Seconds one request takes (prompt, size, seed and steps from `body`)."""
+    width, height = map(int, body["size"].split("x"))
     started = time.perf_counter()
-    for index in range(requests):
-        body = workload(index, sizes, steps)
-        width, height = map(int, body["size"].split("x"))
-        t0 = time.perf_counter()
-        generate(body["prompt"], width, height, body["seed"], steps)
-        latencies.append(time.perf_counter() - t0)
-    wall = time.perf_counter() - started
-    return {"images_per_s": round(requests / wall, 4), "latency_ms_mean": round(1000 * sum(latencies) / requests, 1),
-            "wall_s": round(wall, 3)}
+    generate(body["prompt"], width, height, body["seed"], body["num_inference_steps"])
+    return time.perf_counter() - started
 
 
 def diffusers_baseline(checkpoint: str, device: str) -> Callable[[str, int, int, int, int], None]:
@@ -98,7 +99,17 @@ class Served:
         serve.start(http_options={"host": "127.0.0.1", "port": self.port})
         serve.run(build_app(args), name="bench", route_prefix="/")
         self.url = f"http://127.0.0.1:{self.port}"
+        self.client = httpx.Client(timeout=600)  # keep-alive, like any client sending a series
+        self.stage_ms: list[dict] = []  # the server's timings_ms of each concurrency-1 request
         asyncio.run(closed_loop(self.url, 1, 2, 120, ["512x512"], steps))  # warm the HTTP path
+
+    def generate(self, prompt: str, width: int, height: int, seed: int, steps: int) -> None:
+        """One request at concurrency 1, in the sequential systems' call shape."""
+        body = {"prompt": prompt, "size": f"{width}x{height}", "seed": seed, "num_inference_steps": steps}
+        response = self.client.post(f"{self.url}/v1/images/generations", json=body)
+        if response.status_code != 200:
+            raise RuntimeError(f"the served app answered {response.status_code}: {response.text[:200]}")
+        self.stage_ms.append(response.json().get("timings_ms", {}))
 
     def run(self, concurrency: int, requests: int, sizes: list[str], steps: int) -> dict:
         results, wall = asyncio.run(closed_loop(self.url, concurrency, requests, 1800, sizes, steps))
@@ -112,6 +123,7 @@ class Served:
         import ray
         from ray import serve
 
+        self.client.close()
         serve.shutdown()
         ray.shutdown()
 
@@ -123,17 +135,41 @@ def spread(values: list[float]) -> dict:
             "spread_pct": round(100 * (max(values) - min(values)) / middle, 1) if middle else None}
 
 
+SEQUENTIAL = ("diffusers_sequential", "in_process_sequential", "served_c1")
+
+
+def _round(index: int, sequential: dict[str, Callable[..., None]], served: Served, requests: int,
+           sizes: list[str], steps: int) -> dict:
+    """One round: `requests` requests, each through every sequential system back to back (the
+    order rotating with the request), then the concurrency-8 block."""
+    seconds: dict[str, list[float]] = {name: [] for name in SEQUENTIAL}
+    served.stage_ms.clear()
+    for i in range(requests):
+        body = workload(index * requests + i, sizes, steps)
+        shift = (index * requests + i) % len(SEQUENTIAL)
+        for name in SEQUENTIAL[shift:] + SEQUENTIAL[:shift]:
+            seconds[name].append(_timed(sequential[name], body))
+    figures = {name: {"images_per_s": round(len(values) / sum(values), 4),
+                      "latency_ms_mean": round(1000 * statistics.mean(values), 1)}
+               for name, values in seconds.items()}
+    figures["served_c1"]["server_stage_mean_ms"] = {
+        stage: round(statistics.mean(t[stage] for t in served.stage_ms), 1) for stage in served.stage_ms[0]}
+    figures["served_c8"] = served.run(8, 8 * 2, sizes, steps)
+    figures["ratios"] = _ratios(figures)
+    return figures
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--checkpoint")
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--rounds", type=int, default=5)
-    parser.add_argument("--requests", type=int, default=6, help="per system and round (c8 sends 8 per client slot)")
+    parser.add_argument("--requests", type=int, default=6, help="per sequential system and round")
     parser.add_argument("--steps", type=int, default=20)
     parser.add_argument("--sizes", default="512x512,768x512")
     parser.add_argument("--threads", type=int, default=2, help="torch threads, in this process and per stage replica")
     parser.add_argument("--replica-env", action="append", default=[], metavar="KEY=VALUE",
-                        help="environment of every stage replica (repeatable), e.g. OMP_WAIT_POLICY=PASSIVE")
+                        help="environment of every stage replica (repeatable), over deploy/local.yaml's")
     parser.add_argument("--out", type=Path, default=Path("bench/results/compare-cpu.json"))
     args = parser.parse_args()
     sizes = args.sizes.split(",")
@@ -147,33 +183,21 @@ def main() -> None:
             from models.materialize import materialize
 
             checkpoint = str(materialize("small", Path(tmp) / "small"))
-        systems = {
+        sequential = {
             "diffusers_sequential": diffusers_baseline(checkpoint, args.device),
             "in_process_sequential": in_process_baseline(checkpoint, args.device),
         }
         served = Served(checkpoint, args.device, args.threads, args.steps, env)
-        measure = {
-            "diffusers_sequential": lambda: _sequential(systems["diffusers_sequential"], args.requests, sizes,
-                                                        args.steps),
-            "in_process_sequential": lambda: _sequential(systems["in_process_sequential"], args.requests, sizes,
-                                                         args.steps),
-            "served_c1": lambda: served.run(1, args.requests, sizes, args.steps),
-            "served_c8": lambda: served.run(8, 8 * 2, sizes, args.steps),
-        }
+        sequential["served_c1"] = served.generate
         rounds = []
         try:
-            # A round that is not counted: every cache (text embeddings in ours, allocator, the
-            # HTTP path) warm before measuring, so round 1 is not an outlier.
-            for name in measure:
-                measure[name]()
+            # A round that is not counted, over every prompt of the mix: every cache (text
+            # embeddings in ours, allocator, the HTTP path) warm before measuring. Rounds that
+            # met new prompts would give in-process (cached after) an early handicap.
+            _round(0, sequential, served, len(PROMPTS), sizes, args.steps)
             for index in range(args.rounds):
-                # Interleaved, and the order rotates each round so no system always runs first.
-                names = list(measure)
-                names = names[index % len(names):] + names[:index % len(names)]
-                figures = {name: measure[name]() for name in names}
-                figures["ratios"] = _ratios(figures)
-                rounds.append(figures)
-                print(f"round {index + 1}: {json.dumps(figures['ratios'])}", flush=True)
+                rounds.append(_round(index, sequential, served, args.requests, sizes, args.steps))
+                print(f"round {index + 1}: {json.dumps(rounds[-1]['ratios'])}", flush=True)
         finally:
             served.close()
     names = [n for n in rounds[0] if n != "ratios"]
@@ -184,12 +208,15 @@ def main() -> None:
         "systems": {name: {"images_per_s": spread([r[name]["images_per_s"] for r in rounds]),
                            "latency_ms_mean": spread([r[name]["latency_ms_mean"] for r in rounds])}
                     for name in names},
+        "served_c1_server_stage_ms": {stage: spread([r["served_c1"]["server_stage_mean_ms"][stage] for r in rounds])
+                                      for stage in rounds[0]["served_c1"]["server_stage_mean_ms"]},
         "ratios": {name: spread([r["ratios"][name] for r in rounds]) for name in rounds[0]["ratios"]},
         "per_round": rounds,
     }
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps(report, indent=2) + "\n")
-    print(json.dumps({"systems": report["systems"], "ratios": report["ratios"]}, indent=2))
+    print(json.dumps({"systems": report["systems"], "served_c1_server_stage_ms": report["served_c1_server_stage_ms"],
+                      "ratios": report["ratios"]}, indent=2))
 
 
 def _ratios(figures: dict) -> dict:

@@ -1,7 +1,8 @@
 """Ray Serve deployments wrapping the `models/` stages: TextEncoder, Denoiser, Decoder.
 
-Each is small and does one job. Compute runs in a worker thread so the replica's event loop keeps
-accepting requests (and filling the next batch) while a batch runs. Batching parameters come from
+Each is small and does one job. Compute (load and warm-up too) runs on the replica's one compute
+thread (`serve.compute_thread`: why one, always the same) so the event loop keeps accepting requests
+(and filling the next batch) while a batch runs. Batching parameters come from
 config and are applied when a replica starts (`@serve.batch` is left at its defaults here: the
 config's values replace them before the first call).
 """
@@ -30,6 +31,7 @@ from models.text_encoder import PromptEmbedding
 from models.text_encoder import TextEncoder as TextEncoderStage
 from serve import metrics
 from serve.checkpoint_specs import resolve_checkpoint
+from serve.compute_thread import ComputeThread
 from serve.config import Batching, ClassifierConfig, StageConfig, TilingSettings
 from serve.payloads import DenoiseProgress, DenoiseSpec, EncodedPrompt, Latents, Pixels, StageTiming
 
@@ -79,13 +81,14 @@ class TextEncoder:
     def __init__(self, checkpoint: str, stage: StageConfig, cache_size: int, device: str | None = None) -> None:
         _set_threads(stage)
         self.node = _node()
-        self.stage = TextEncoderStage.from_pretrained(
-            resolve_checkpoint(checkpoint), device=device, cache_size=cache_size
+        self.compute = ComputeThread("text-encoder")
+        self.stage = self.compute.call(
+            TextEncoderStage.from_pretrained, resolve_checkpoint(checkpoint), device=device, cache_size=cache_size
         )
         _configure_batching(self.encode_batch, stage.batching)
         # Warm-up: the first forward pass pays for kernel selection; not a user's request.
         for flag in (True, False):
-            self.stage.encode_uncached(["warm-up"], with_instruction=flag)
+            self.compute.call(self.stage.encode_uncached, ["warm-up"], with_instruction=flag)
 
     async def encode(self, prompt: str, with_instruction: bool) -> EncodedPrompt:
         return await self.encode_batch(prompt, with_instruction, time.perf_counter())
@@ -97,7 +100,7 @@ class TextEncoder:
         cache = self.stage.cache
         hits, misses = cache.hits, cache.misses
         started = time.perf_counter()
-        embeddings = await asyncio.to_thread(self._encode_grouped, prompts, with_instruction)
+        embeddings = await self.compute.run(self._encode_grouped, prompts, with_instruction)
         compute = time.perf_counter() - started
         metrics.batch_size().observe(len(prompts), tags={"stage": "text_encoder"})
         if cache.hits > hits:
@@ -141,11 +144,12 @@ class Denoiser:
         _set_threads(stage)
         self.node = _node()
         self.route = route
-        self.stage = DenoiserStage.from_pretrained(resolve_checkpoint(checkpoint), device=device)
+        self.compute = ComputeThread(f"denoiser-{route}")
+        self.stage = self.compute.call(DenoiserStage.from_pretrained, resolve_checkpoint(checkpoint), device=device)
         self._abandoned: set[int] = set()  # tickets of callers that stopped listening
         self._tickets = itertools.count()
         _configure_batching(self.denoise_batch, stage.batching)
-        self._warm_up()
+        self.compute.call(self._warm_up)
 
     async def denoise(
         self, spec: DenoiseSpec, prompt: EncodedPrompt, negative: EncodedPrompt | None
@@ -195,7 +199,7 @@ class Denoiser:
             finally:
                 loop.call_soon_threadsafe(reports.put_nowait, None)
 
-        compute = asyncio.ensure_future(asyncio.to_thread(run))
+        compute = asyncio.ensure_future(self.compute.run(run))
         try:
             while (report := await reports.get()) is not None:
                 metrics.denoise_steps().inc(sum(specs[i].num_images for i in report.jobs), tags={"route": self.route})
@@ -243,25 +247,34 @@ class Decoder:
     ) -> None:
         _set_threads(stage)
         self.node = _node()
-        self.stage = DecoderStage.from_pretrained(
+        self.compute = ComputeThread("decoder")
+        self.stage = self.compute.call(
+            DecoderStage.from_pretrained,
             resolve_checkpoint(checkpoint),
             device=device,
             tiling=TilingConfig(above=tiling.above, tile=tiling.tile, stride=tiling.stride),
         )
         channels = self.stage.vae.config.latent_channels
-        self.stage.decode(torch.zeros(1, channels, 32, 32), 1024, 1024)  # warm-up
+        self.compute.call(lambda: self.stage.decode(torch.zeros(1, channels, 32, 32), 1024, 1024))  # warm-up
 
     def ping(self) -> None:
         """The gateway's capacity probe: answers as soon as this replica has a free slot."""
 
     async def preview(self, latents: torch.Tensor, width: int, height: int, max_side: int) -> np.ndarray:
         """A reduced-size look at a request's predicted clean latents (for streamed previews)."""
-        return await asyncio.to_thread(self.stage.preview, latents, width, height, max_side)
+        return await self.compute.run(self.stage.preview, latents, width, height, max_side)
 
     async def decode(self, latents: Latents, width: int, height: int) -> Pixels:
-        started = time.perf_counter()
-        images = await asyncio.to_thread(self.stage.decode, latents.latents, width, height)
-        timing = StageTiming(0.0, _ms(time.perf_counter() - started), 1, self.node)
+        arrived = time.perf_counter()
+        started = arrived
+
+        def decode() -> np.ndarray:
+            nonlocal started
+            started = time.perf_counter()  # the wait is the time behind other work on the compute thread
+            return self.stage.decode(latents.latents, width, height)
+
+        images = await self.compute.run(decode)
+        timing = StageTiming(_ms(started - arrived), _ms(time.perf_counter() - started), 1, self.node)
         return Pixels(images=images, timings={**latents.timings, "decode": timing})
 
 
@@ -271,7 +284,9 @@ class SafetyClassifier:
 
     def __init__(self, config: ClassifierConfig) -> None:
         _set_threads(config)
-        self.stage = SafetyClassifierStage.from_pretrained(resolve_checkpoint(config.checkpoint), device=config.device)
+        self.compute = ComputeThread("classifier")
+        self.stage = self.compute.call(
+            SafetyClassifierStage.from_pretrained, resolve_checkpoint(config.checkpoint), device=config.device)
         _configure_batching(self.score_batch, config.batching)
 
     async def score(self, prompt: str) -> float:
@@ -279,4 +294,4 @@ class SafetyClassifier:
 
     @serve.batch
     async def score_batch(self, prompts: list[str]) -> list[float]:
-        return await asyncio.to_thread(self.stage.scores, prompts)
+        return await self.compute.run(self.stage.scores, prompts)
