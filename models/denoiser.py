@@ -1,10 +1,16 @@
-"""Denoiser stage: Sana DiT + Flow-DPM-Solver, batched over requests that share a schedule.
+"""Denoiser stage: Sana DiT + its sampler, batched over requests that share a schedule.
+
+Two samplers, picked by the checkpoint's scheduler config:
+- Flow-DPM-Solver (Sana-1.0, SANA-1.5) with classifier-free guidance, as `SanaPipeline` runs it;
+- SCM (SANA-Sprint, 1-4 steps) with the guidance scale embedded in the transformer (one forward per
+  step, no negative prompt), as `SanaSprintPipeline` runs it.
 
 Each job is one request: its prompt embeddings, seed, image count, bin size, steps and guidance.
-Jobs with the same (size, steps, guidance mode) run as one batch through the transformer; each
-batch gets a fresh scheduler (the solver keeps per-step state), and every job's noise comes from its
-own `torch.Generator("cpu").manual_seed(seed)`, shaped like diffusers' `prepare_latents`, so a job's
-latents are the same alone or batched.
+Jobs with the same batch key (size, steps, and for CFG the guidance mode) run as one batch through
+the transformer; each batch gets a fresh scheduler (the solver keeps per-step state), and every
+job's noise comes from its own `torch.Generator("cpu").manual_seed(seed)`, shaped like diffusers'
+`prepare_latents`, so a job's latents are the same alone or batched. (SCM also draws fresh noise at
+every step: each job from its own generator, through its own scheduler.)
 """
 
 from __future__ import annotations
@@ -15,6 +21,7 @@ from dataclasses import dataclass, field
 import torch
 
 from models.checkpoint import choose_placement, load_component, resolve_source
+from models.registry import SCM, SCM_INTERMEDIATE_TIMESTEP, SCM_MAX_TIMESTEP, Sampler, sampler_for_scheduler
 from models.text_encoder import PromptEmbedding
 
 SUBFOLDERS = ("transformer", "scheduler")
@@ -60,9 +67,10 @@ class DenoiseJob:
     def uses_guidance(self) -> bool:
         return self.guidance_scale > 1.0
 
-    def batch_key(self) -> tuple[int, int, int, bool]:
-        """Jobs with equal keys can share one transformer batch and one timestep schedule."""
-        return (self.width, self.height, self.steps, self.uses_guidance)
+    def batch_key(self, sampler: Sampler) -> tuple[int, int, int, bool]:
+        """Jobs with equal keys can share one transformer batch and one timestep schedule. With
+        embedded guidance any scales mix (the scale is a per-row input)."""
+        return (self.width, self.height, self.steps, self.uses_guidance and not sampler.embedded_guidance)
 
 
 def initial_noise(seed: int, num_images: int, channels: int, width: int, height: int) -> torch.Tensor:
@@ -73,11 +81,12 @@ def initial_noise(seed: int, num_images: int, channels: int, width: int, height:
 
 
 class Denoiser:
-    """Sana transformer with a per-batch Flow-DPM-Solver."""
+    """Sana transformer with a per-batch scheduler (Flow-DPM-Solver or SCM)."""
 
     def __init__(self, transformer: torch.nn.Module, scheduler_config: dict) -> None:
         self.transformer = transformer
         self.scheduler_config = dict(scheduler_config)
+        self.sampler = sampler_for_scheduler(self.scheduler_config.get("_class_name"))
         self.latent_channels = int(transformer.config.in_channels)
 
     @classmethod
@@ -87,6 +96,7 @@ class Denoiser:
         placement = choose_placement(source, device, dtype)
         folder = resolve_source(source, SUBFOLDERS, placement.weight_variant)
         transformer = load_component(SanaTransformer2DModel, folder / "transformer", placement)
+        # Any scheduler's config file reads the same way; its _class_name tells the sampler.
         scheduler_config = DPMSolverMultistepScheduler.load_config(folder / "scheduler")
         return cls(transformer, scheduler_config)
 
@@ -106,10 +116,11 @@ class Denoiser:
         the others continue on fewer rows (their pixels equal a run without it, within ±1 level)."""
         groups: dict[tuple[int, int, int, bool], list[int]] = {}
         for index, job in enumerate(jobs):
-            groups.setdefault(job.batch_key(), []).append(index)
+            groups.setdefault(job.batch_key(self.sampler), []).append(index)
         results: list[torch.Tensor | None] = [None] * len(jobs)
+        run_batch = self._denoise_batch_scm if self.sampler is SCM else self._denoise_batch
         for indices in groups.values():
-            results_in_group = self._denoise_batch(jobs, indices, on_step, dropped or _nothing_dropped)
+            results_in_group = run_batch(jobs, indices, on_step, dropped or _nothing_dropped)
             for i, job_latents in results_in_group.items():
                 results[i] = job_latents
         return results
@@ -183,6 +194,77 @@ class Denoiser:
                 on_step(StepReport(step, len(timesteps), tuple(batch.jobs),
                                    self._previews(all_jobs, batch, step, scheduler.model_outputs[-1])))
         return dict(zip(batch.jobs, latents.split(batch.counts)))
+
+    @torch.no_grad()
+    def _denoise_batch_scm(
+        self, all_jobs: list[DenoiseJob], indices: list[int], on_step: StepCallback | None, dropped: DropCallback
+    ) -> dict[int, torch.Tensor]:
+        """SanaSprintPipeline's loop (TrigFlow/SCM), batched: the guidance scale is a per-row input
+        of the transformer, and each job steps through its own scheduler with its own generator,
+        because SCM draws fresh noise at every step."""
+        from diffusers import SCMScheduler
+
+        jobs = [all_jobs[i] for i in indices]
+        first = jobs[0]
+        device, dtype = self.device, self.transformer.dtype
+        counts = [job.num_images for job in jobs]
+        embeds, mask = _per_image([job.prompt for job in jobs], counts)
+        embeds, mask = embeds.to(device=device, dtype=dtype), mask.to(device)
+        # diffusers: a float32 scale, cast to the embeddings' dtype, then times guidance_embeds_scale.
+        guidance = torch.tensor([job.guidance_scale for job in jobs for _ in range(job.num_images)],
+                                dtype=torch.float32, device=device).to(dtype)
+        guidance = guidance * self.transformer.config.guidance_embeds_scale
+
+        intermediate = SCM_INTERMEDIATE_TIMESTEP if first.steps == 2 else None
+        schedulers, generators = {}, {}
+        for index, job in zip(indices, jobs):
+            scheduler = SCMScheduler.from_config(self.scheduler_config)
+            scheduler.set_timesteps(job.steps, device=device, max_timesteps=SCM_MAX_TIMESTEP,
+                                    intermediate_timesteps=intermediate)
+            scheduler.set_begin_index(0)
+            schedulers[index] = scheduler
+            generators[index] = torch.Generator("cpu").manual_seed(job.seed)
+        timesteps = schedulers[indices[0]].timesteps[:-1]  # the last one (0) is where the steps end
+        sigma_data = float(self.scheduler_config.get("sigma_data", 0.5))
+        latents = torch.cat([
+            torch.randn((j.num_images, self.latent_channels, j.height // VAE_COMPRESSION, j.width // VAE_COMPRESSION),
+                        generator=generators[i], dtype=torch.float32) for i, j in zip(indices, jobs)
+        ]).to(device) * sigma_data
+        batch = _Rows(list(indices), counts)
+        denoised = latents
+        for step, t in enumerate(timesteps):
+            stop = set(dropped()) & set(batch.jobs)
+            if stop:
+                keep = batch.drop(stop).to(device)
+                if not batch.jobs:
+                    return {}
+                latents, embeds, mask, guidance = latents[keep], embeds[keep], mask[keep], guidance[keep]
+            timestep = t.expand(latents.shape[0])
+            scm_t = torch.sin(timestep) / (torch.cos(timestep) + torch.sin(timestep))
+            scm = scm_t.view(-1, 1, 1, 1)
+            norm = torch.sqrt(scm**2 + (1 - scm) ** 2)
+            model_input = (latents / sigma_data) * norm
+            flow = self.transformer(
+                model_input.to(dtype),
+                encoder_hidden_states=embeds,
+                encoder_attention_mask=mask,
+                guidance=guidance,
+                timestep=scm_t,
+                return_dict=False,
+            )[0]
+            flow = ((1 - 2 * scm) * model_input + (1 - 2 * scm + 2 * scm**2) * flow) / norm
+            flow = flow.float() * sigma_data
+            # Each job's own scheduler step (its own generator draws its next noise).
+            stepped = [
+                schedulers[job].step(rows, t.expand(rows.shape[0]), sample, generator=generators[job], return_dict=False)
+                for job, rows, sample in zip(batch.jobs, flow.split(batch.counts), latents.split(batch.counts))
+            ]
+            latents = torch.cat([prev for prev, _ in stepped])
+            denoised = torch.cat([clean for _, clean in stepped])
+            if on_step is not None:
+                on_step(StepReport(step, len(timesteps), tuple(batch.jobs),
+                                   self._previews(all_jobs, batch, step, denoised / sigma_data)))
+        return dict(zip(batch.jobs, (denoised / sigma_data).split(batch.counts)))
 
     @staticmethod
     def _previews(jobs: list[DenoiseJob], batch: "_Rows", step: int, clean: torch.Tensor) -> dict[int, torch.Tensor]:

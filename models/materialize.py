@@ -31,13 +31,13 @@ def byte_level_vocab() -> dict[str, int]:
     return {token: index for index, token in enumerate(tokens)}
 
 
-def _model_index() -> dict[str, object]:
+def _model_index(variant: Variant) -> dict[str, object]:
     import diffusers
 
     return {
-        "_class_name": "SanaPipeline",
+        "_class_name": variant.sampler.pipeline_class,
         "_diffusers_version": diffusers.__version__,
-        "scheduler": ["diffusers", "DPMSolverMultistepScheduler"],
+        "scheduler": ["diffusers", variant.sampler.scheduler_class],
         "text_encoder": ["transformers", "Gemma2Model"],
         "tokenizer": ["transformers", "GemmaTokenizerFast"],
         "transformer": ["diffusers", "SanaTransformer2DModel"],
@@ -100,9 +100,10 @@ def _write_vae(variant: Variant, out: Path, seed: int) -> None:
 
 
 def _write_scheduler(variant: Variant, out: Path) -> None:
-    from diffusers import DPMSolverMultistepScheduler
+    import diffusers
 
-    DPMSolverMultistepScheduler.from_config(variant.scheduler_config()).save_pretrained(out / "scheduler")
+    scheduler_class = getattr(diffusers, variant.sampler.scheduler_class)
+    scheduler_class.from_config(variant.scheduler_config()).save_pretrained(out / "scheduler")
 
 
 def _prepare_dir(out: Path) -> None:
@@ -168,6 +169,6 @@ def materialize(arch: str, out_dir: str | os.PathLike[str], seed: int = 0) -> Pa
     _write_transformer(variant, out, seed * 10 + 2)
     _write_vae(variant, out, seed * 10 + 3)
     _write_scheduler(variant, out)
-    (out / "model_index.json").write_text(json.dumps(_model_index(), indent=2, sort_keys=True) + "\n")
+    (out / "model_index.json").write_text(json.dumps(_model_index(variant), indent=2, sort_keys=True) + "\n")
     (out / "sana_serve.json").write_text(json.dumps({"arch": arch, "seed": seed}, indent=2) + "\n")
     return out

@@ -104,7 +104,8 @@ class SanaInProcessPipeline:
         self.text_encoder = text_encoder
         self.denoiser = denoiser
         self.decoder = decoder
-        self.defaults = defaults or Defaults()
+        sampler = denoiser.sampler
+        self.defaults = defaults or Defaults(sampler.default_steps, sampler.default_guidance)
         self.resolution = resolution_for_sample_size(denoiser.sample_size)
 
     @classmethod
@@ -130,9 +131,11 @@ class SanaInProcessPipeline:
         resolved = [resolve_request(r, self.resolution, self.defaults) for r in requests]
         bins = [bin_size(r.width, r.height, self.resolution) for r in resolved]
 
-        # 2. Encode prompts, and negative prompts where guidance is on, each kind as one batch.
+        # 2. Encode prompts, and negative prompts where classifier-free guidance is on, each kind as
+        #    one batch. (Embedded guidance, SANA-Sprint, has no negative prompt.)
         prompts = self.text_encoder.encode([r.prompt for r in resolved], with_instruction=True)
-        guided = [i for i, r in enumerate(resolved) if r.uses_guidance]
+        cfg = not self.denoiser.sampler.embedded_guidance
+        guided = [i for i, r in enumerate(resolved) if r.uses_guidance and cfg]
         negatives_list = self.text_encoder.encode(
             [resolved[i].negative_prompt for i in guided], with_instruction=False
         ) if guided else []
