@@ -11,6 +11,7 @@ from __future__ import annotations
 import fcntl
 import os
 import shutil
+from dataclasses import dataclass
 from pathlib import Path
 
 from serve.config import MATERIALIZED_PREFIX, cache_dir
@@ -46,26 +47,38 @@ def resolve_checkpoint(spec: str) -> str:
     return str(target)
 
 
-def checkpoint_resolution(spec: str) -> int | None:
-    """The resolution class of a configured checkpoint, known without loading it when possible:
-    from the registry (materialized:ARCH or a known repo id) or a local folder's transformer config.
+@dataclass(frozen=True)
+class CheckpointProfile:
+    """What the gateway needs to know of a route's checkpoint: its resolution class (bins, default
+    size) and its sampler (defaults; whether guidance takes a negative prompt)."""
+
+    resolution: int
+    sampler: str  # a models.registry.SAMPLERS name
+
+
+def checkpoint_profile(spec: str) -> CheckpointProfile | None:
+    """A configured checkpoint's profile, known without loading it when possible: from the registry
+    (materialized:ARCH or a known repo id) or a local folder's transformer and scheduler configs.
     None when only the Denoiser can tell (an unknown repo, or a folder on another node)."""
     import json
 
     from models.binning import resolution_for_sample_size
     from models.errors import UnknownVariantError
-    from models.registry import get_variant, variant_for_repo
+    from models.registry import get_variant, sampler_for_scheduler, variant_for_repo
 
     if is_materialized(spec):
         try:
-            return get_variant(spec.removeprefix(MATERIALIZED_PREFIX)).resolution
+            variant = get_variant(spec.removeprefix(MATERIALIZED_PREFIX))
         except UnknownVariantError:
             return None
+        return CheckpointProfile(variant.resolution, variant.sampler.name)
     variant = variant_for_repo(spec)
     if variant is not None:
-        return variant.resolution
-    config = Path(spec) / "transformer" / "config.json"
+        return CheckpointProfile(variant.resolution, variant.sampler.name)
+    folder = Path(spec)
     try:
-        return resolution_for_sample_size(int(json.loads(config.read_text())["sample_size"]))
-    except (OSError, ValueError, KeyError, TypeError):
+        sample_size = int(json.loads((folder / "transformer" / "config.json").read_text())["sample_size"])
+        scheduler = json.loads((folder / "scheduler" / "scheduler_config.json").read_text()).get("_class_name")
+        return CheckpointProfile(resolution_for_sample_size(sample_size), sampler_for_scheduler(scheduler).name)
+    except (OSError, ValueError, KeyError, TypeError, AttributeError):
         return None

@@ -22,8 +22,9 @@ from typing import Any, TypeVar
 
 from models.binning import bin_size, preset_sizes
 from models.pipeline import Defaults, GenerationRequest, ResolvedRequest, resolve_request
+from models.registry import SAMPLERS, Sampler
 from serve.admission import Admission, Ticket
-from serve.checkpoint_specs import checkpoint_resolution
+from serve.checkpoint_specs import CheckpointProfile, checkpoint_profile
 from serve.config import AppConfig
 from serve.errors import (
     ApiError,
@@ -117,6 +118,7 @@ class ModelInfo:
     default: bool
     description: str
     sizes: list[tuple[int, int]]  # one per aspect-ratio bin the route serves (see preset_sizes)
+    defaults: Defaults  # the sampler's steps and guidance
 
 
 class _Progress:
@@ -226,9 +228,8 @@ class GenerationService:
             WordFilter.from_lists(words.use_default_list, words.extra_words, list(words.extra_files))
             if words.enabled else None
         )
-        self.defaults = Defaults()
         self.admission = Admission(config.gateway.admission, config.queue_budgets(), metrics.shed)
-        self._resolutions: dict[str, int] = {}
+        self._profiles: dict[str, CheckpointProfile] = {}
         self._encode_pool = ThreadPoolExecutor(config.gateway.image_encode_threads, thread_name_prefix="image-encode")
 
     @_typed_errors
@@ -308,7 +309,7 @@ class GenerationService:
     async def _stages_and_images(self, request: ImageGenerationRequest, request_id: str, started: float,
                                  progress: _Progress, route: str, width: int, height: int,
                                  ticket: Ticket) -> GenerationResult:
-        resolution = await self.resolution(route)
+        resolution, sampler = await self.resolution(route), await self.sampler(route)
         progress.emit("routed", route=route, size=f"{width}x{height}")
 
         # 2. Capacity: a route that cannot take work within its wait answers 503 now, not later.
@@ -330,7 +331,7 @@ class GenerationService:
                 seed=request.seed,
             ),
             resolution,
-            self.defaults,
+            Defaults(sampler.default_steps, sampler.default_guidance),
         )
         bin_wh = bin_size(width, height, resolution)
 
@@ -365,25 +366,34 @@ class GenerationService:
 
     # --- routes -------------------------------------------------------------------------------
 
-    async def resolution(self, route: str) -> int:
-        """The route's resolution class: from the config when it tells (so listing routes never
-        waits on a route with no replica yet, like a 4K route before its node joins), else asked
-        of the route's Denoiser once."""
-        if route not in self._resolutions:
-            known = checkpoint_resolution(self.config.routes[route].checkpoint)
+    async def profile(self, route: str) -> CheckpointProfile:
+        """The route's resolution class and sampler: from the config when it tells (so listing
+        routes never waits on a route with no replica yet, like a 4K route before its node joins),
+        else asked of the route's Denoiser once."""
+        if route not in self._profiles:
+            known = checkpoint_profile(self.config.routes[route].checkpoint)
             if known is None:
-                known = await self.stages.routes[route].denoiser.resolution.remote()
-            self._resolutions[route] = known
-        return self._resolutions[route]
+                known = await self.stages.routes[route].denoiser.profile.remote()
+            self._profiles[route] = known
+        return self._profiles[route]
+
+    async def resolution(self, route: str) -> int:
+        return (await self.profile(route)).resolution
+
+    async def sampler(self, route: str) -> Sampler:
+        """The route's sampler: its default steps and guidance, and whether guidance is embedded
+        (SANA-Sprint: no negative prompt is encoded)."""
+        return SAMPLERS[(await self.profile(route)).sampler]
 
     @_typed_errors
     async def models(self) -> list[ModelInfo]:
         limits = self.config.gateway.limits
         infos = []
         for name, route in self.config.routes.items():
-            resolution = await self.resolution(name)
+            resolution, sampler = await self.resolution(name), await self.sampler(name)
             sizes = preset_sizes(resolution, limits.min_side, self.config.max_side(name), limits.max_aspect_ratio)
-            infos.append(ModelInfo(name, resolution, name == self.config.default_route, route.description, sizes))
+            infos.append(ModelInfo(name, resolution, name == self.config.default_route, route.description, sizes,
+                                   Defaults(sampler.default_steps, sampler.default_guidance)))
         return infos
 
     @_typed_errors
@@ -472,6 +482,8 @@ class GenerationService:
             progress=progress.wanted,
             preview_steps=preview_steps(resolved.steps, partial_images) if progress.wanted else (),
         )
+        # Classifier-free guidance needs the negative prompt; embedded guidance (Sprint) has none.
+        negative_wanted = resolved.uses_guidance and not (await self.sampler(route)).embedded_guidance
         progress.emit("encoding")
         prompt_text, prompt = await self._screen(resolved.prompt, progress)
         retries_left = self.config.gateway.stage_retries
@@ -479,7 +491,7 @@ class GenerationService:
             try:
                 # The encodings go into the denoiser call unawaited (through Ray's object store).
                 negative = progress.track(self.stages.text_encoder.encode.remote(resolved.negative_prompt, False)
-                                          if resolved.uses_guidance else None)
+                                          if negative_wanted else None)
                 progress.track(prompt)
                 stream = progress.track(handles.denoiser.options(stream=True).denoise.remote(spec, prompt, negative))
                 latents = await self._denoise(route, stream, resolved, progress, ticket, output_format)

@@ -17,12 +17,14 @@ import yaml
 from serve.config import DEFAULT_LOCAL_CONFIG
 
 FOUR_K_ROUTE = "sana-shapes-4k"
+SPRINT_ROUTE = "sprint"
 
 
-def local_app_args(checkpoint: str, checkpoint_4k: str | None = None, *, torch_threads: int | None = None,
-                   device: str | None = None) -> dict[str, Any]:
+def local_app_args(checkpoint: str, checkpoint_4k: str | None = None, *, checkpoint_sprint: str | None = None,
+                   torch_threads: int | None = None, device: str | None = None) -> dict[str, Any]:
     """deploy/local.yaml's first application's args with every route on `checkpoint` (the 4K route
-    on `checkpoint_4k`; without it the 4K route and its size rule are left out)."""
+    on `checkpoint_4k`, the Sprint route on `checkpoint_sprint`; without one, its route (and the
+    4K size rule) are left out)."""
     if torch_threads is None:
         import torch
 
@@ -31,11 +33,13 @@ def local_app_args(checkpoint: str, checkpoint_4k: str | None = None, *, torch_t
     if checkpoint_4k is None:
         args["routes"].pop(FOUR_K_ROUTE)
         args["gateway"]["size_routes"] = []
+    if checkpoint_sprint is None:
+        args["routes"].pop(SPRINT_ROUTE)
     args["text_encoder"].update(checkpoint=checkpoint, torch_threads=torch_threads)
     if device is not None:
         args["text_encoder"]["device"] = device
     for name, route in args["routes"].items():
-        route["checkpoint"] = checkpoint_4k if name == FOUR_K_ROUTE else checkpoint
+        route["checkpoint"] = {FOUR_K_ROUTE: checkpoint_4k, SPRINT_ROUTE: checkpoint_sprint}.get(name, checkpoint)
         route["denoiser"]["torch_threads"] = route["decoder"]["torch_threads"] = torch_threads
         if device is not None:
             route["device"] = device

@@ -30,7 +30,7 @@ from models.safety_classifier import SafetyClassifier as SafetyClassifierStage
 from models.text_encoder import PromptEmbedding
 from models.text_encoder import TextEncoder as TextEncoderStage
 from serve import metrics
-from serve.checkpoint_specs import resolve_checkpoint
+from serve.checkpoint_specs import CheckpointProfile, resolve_checkpoint
 from serve.compute_thread import ComputeThread
 from serve.config import Batching, ClassifierConfig, StageConfig, TilingSettings
 from serve.payloads import DenoiseProgress, DenoiseSpec, EncodedPrompt, Latents, Pixels, StageTiming
@@ -230,9 +230,9 @@ class Denoiser:
         prompt = PromptEmbedding(torch.zeros(300, width), torch.ones(300, dtype=torch.long))
         self._run([DenoiseJob(prompt, prompt, 0, 1, side, side, 1, DEFAULT_GUIDANCE)])  # with CFG
 
-    def resolution(self) -> int:
-        """Resolution class of this route's checkpoint (for configs that do not tell it)."""
-        return resolution_for_sample_size(self.stage.sample_size)
+    def profile(self) -> CheckpointProfile:
+        """Resolution class and sampler of this route's checkpoint (for configs that do not tell)."""
+        return CheckpointProfile(resolution_for_sample_size(self.stage.sample_size), self.stage.sampler.name)
 
     def ping(self) -> None:
         """The gateway's capacity probe: answers as soon as this replica has a free slot."""

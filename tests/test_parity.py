@@ -112,3 +112,21 @@ def test_diffusers_pairs_masks_with_wrong_prompts_where_we_do_not(pipeline, refe
     assert max(diffusers_errors) > 1, "diffusers' mask pairing no longer differs: revisit this trap"
     for result, solo in zip(ours, solos):
         assert pixel_diff(result.images, solo.images) <= 1
+
+
+def test_sana_1_5_tiny_stand_in_matches_diffusers_exactly(tmp_path):
+    """SANA-1.5 differs from 1.0 in the transformer only (Q/K RMS norms); the same pipeline serves it."""
+    from diffusers import SanaPipeline
+
+    from models.materialize import materialize
+    from models.pipeline import SanaInProcessPipeline
+
+    checkpoint = materialize("tiny-1.5", tmp_path / "tiny-1.5")
+    reference = SanaPipeline.from_pretrained(checkpoint)
+    reference.set_progress_bar_config(disable=True)
+    ours = SanaInProcessPipeline.from_pretrained(str(checkpoint), device="cpu")
+    assert ours.denoiser.transformer.config.qk_norm == "rms_norm_across_heads"
+    case = dict(prompt="a lighthouse at dusk", negative_prompt="fog", width=1000, height=600, seed=4, steps=3)
+    expected = reference_images(reference, **case)
+    result = ours.generate([_request(case)])[0]
+    assert np.array_equal(result.images, expected), f"max diff {pixel_diff(result.images, expected)}"

@@ -14,7 +14,7 @@ router = APIRouter()
             dependencies=[Depends(authorize)])
 async def models(api: ApiDeps = Depends(deps)) -> ModelList:
     """The routes, with what each serves: its sizes (one per aspect-ratio bin), limits and defaults."""
-    limits, defaults = api.config.gateway.limits, api.service.defaults
+    limits = api.config.gateway.limits
     return ModelList(data=[
         ModelCard(
             id=info.route, created=0, description=info.description, resolution=info.resolution,
@@ -26,7 +26,8 @@ async def models(api: ApiDeps = Depends(deps)) -> ModelList:
                 max_steps=limits.max_steps, max_guidance_scale=limits.max_guidance,
                 max_prompt_chars=limits.max_prompt_chars,
             ),
-            defaults=RouteDefaults(num_inference_steps=defaults.steps, guidance_scale=defaults.guidance_scale),
+            defaults=RouteDefaults(num_inference_steps=info.defaults.steps,
+                                   guidance_scale=info.defaults.guidance_scale),
         )
         for info in await api.service.models()
     ])

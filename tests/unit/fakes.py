@@ -16,6 +16,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from serve.checkpoint_specs import CheckpointProfile
 from serve.config import parse_app_config
 from serve.generation import RouteHandles, StageHandles
 from serve.payloads import DenoiseProgress, Latents, Pixels, StageTiming
@@ -137,8 +138,8 @@ class FakeDenoiser(FakeStage):
                 yield DenoiseProgress(1, spec.steps, None)
         yield Latents(FakeLatents(spec, prompt, negative))
 
-    def do_resolution(self) -> int:
-        return 1024
+    def do_profile(self) -> CheckpointProfile:
+        return CheckpointProfile(1024, "flow-dpm-solver")
 
     async def do_ping(self) -> None:
         await asyncio.sleep(self.ping_delay_s)

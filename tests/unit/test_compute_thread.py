@@ -59,6 +59,7 @@ def test_a_cancelled_call_that_has_not_started_is_skipped():
         second = asyncio.ensure_future(compute.run(ran.append, "second"))
         await asyncio.sleep(0.05)
         second.cancel()
+        await asyncio.sleep(0.01)  # the cancel reaches the executor's queue on the loop's next turn
         release.set()
         await first
         await compute.run(ran.append, "third")

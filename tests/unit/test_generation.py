@@ -257,4 +257,14 @@ def test_a_checkpoint_the_config_cannot_place_asks_its_denoiser_once():
     service, stages, _ = _service(config)
     assert _generate(service, size=None).width == 1024
     _generate(service, size=None)
-    assert len(stages.calls("denoiser:r1k", "resolution")) == 1
+    assert len(stages.calls("denoiser:r1k", "profile")) == 1
+
+
+def test_a_sprint_route_defaults_to_two_steps_and_encodes_no_negative_prompt():
+    service, stages, _ = _service(app_config(routes__r1k__checkpoint="materialized:tiny-sprint"))
+    _generate(service, num_inference_steps=None, negative_prompt="fog", guidance_scale=6.0)
+    assert stages.calls("text_encoder", "encode") == [("a red fox", True)]  # guidance is embedded
+    (spec, _, negative), = stages.calls("denoiser:r1k", "denoise")
+    assert spec.steps == 2 and spec.guidance_scale == 6.0 and negative is None
+    card = next(info for info in asyncio.run(service.models()) if info.route == "r1k")
+    assert (card.defaults.steps, card.defaults.guidance_scale) == (2, 4.5)
