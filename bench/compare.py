@@ -15,7 +15,9 @@ ratios (mean latency over mean latency; images/s over images/s, the sequential s
 sum of their latencies); the report is each ratio's median over rounds with [min, max] and spread.
 Torch threads are pinned (--threads here and in each stage replica); prompts, sizes and seeds are
 the same for every system. Without --checkpoint it materializes `small` (Sana-shaped, ~1 s of CPU
-per 512px image).
+per 512px image) and `small-sprint` (the same shapes as a SANA-Sprint checkpoint) for a fourth
+sequential row: our Sprint path in-process at its default 2 steps, against diffusers' SanaPipeline at
+the workload's 20 (the throughput a user gains by picking the Sprint route).
 """
 
 from __future__ import annotations
@@ -32,6 +34,7 @@ from pathlib import Path
 import httpx
 
 from bench.load import PROMPTS, closed_loop, summarize, workload
+from models.registry import SPRINT_STEPS
 from serve.local_app import free_port, local_app_args
 
 
@@ -60,14 +63,15 @@ def diffusers_baseline(checkpoint: str, device: str) -> Callable[[str, int, int,
     return generate
 
 
-def in_process_baseline(checkpoint: str, device: str) -> Callable[[str, int, int, int, int], None]:
-    """Our in-process pipeline (the stages without Ray), warmed up."""
+def in_process_baseline(checkpoint: str, device: str, steps: int | None = None) -> Callable[[str, int, int, int, int], None]:
+    """Our in-process pipeline (the stages without Ray), warmed up. `steps` fixes the step count
+    (the Sprint row: 2 steps whatever the workload asks of the others)."""
     from models.pipeline import GenerationRequest, SanaInProcessPipeline
 
     pipeline = SanaInProcessPipeline.from_pretrained(checkpoint, device=device)
 
-    def generate(prompt: str, width: int, height: int, seed: int, steps: int) -> None:
-        pipeline.generate([GenerationRequest(prompt, width=width, height=height, steps=steps, seed=seed)])
+    def generate(prompt: str, width: int, height: int, seed: int, asked: int) -> None:
+        pipeline.generate([GenerationRequest(prompt, width=width, height=height, steps=steps or asked, seed=seed)])
 
     generate("warm-up", 512, 512, 0, 2)
     return generate
@@ -135,19 +139,20 @@ def spread(values: list[float]) -> dict:
             "spread_pct": round(100 * (max(values) - min(values)) / middle, 1) if middle else None}
 
 
-SEQUENTIAL = ("diffusers_sequential", "in_process_sequential", "served_c1")
+SEQUENTIAL = ("diffusers_sequential", "in_process_sequential", "served_c1", "sprint_in_process")
 
 
 def _round(index: int, sequential: dict[str, Callable[..., None]], served: Served, requests: int,
            sizes: list[str], steps: int) -> dict:
     """One round: `requests` requests, each through every sequential system back to back (the
     order rotating with the request), then the concurrency-8 block."""
-    seconds: dict[str, list[float]] = {name: [] for name in SEQUENTIAL}
+    names = [name for name in SEQUENTIAL if name in sequential]
+    seconds: dict[str, list[float]] = {name: [] for name in names}
     served.stage_ms.clear()
     for i in range(requests):
         body = workload(index * requests + i, sizes, steps)
-        shift = (index * requests + i) % len(SEQUENTIAL)
-        for name in SEQUENTIAL[shift:] + SEQUENTIAL[:shift]:
+        shift = (index * requests + i) % len(names)
+        for name in names[shift:] + names[:shift]:
             seconds[name].append(_timed(sequential[name], body))
     figures = {name: {"images_per_s": round(len(values) / sum(values), 4),
                       "latency_ms_mean": round(1000 * statistics.mean(values), 1)}
@@ -162,6 +167,7 @@ def _round(index: int, sequential: dict[str, Callable[..., None]], served: Serve
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--checkpoint")
+    parser.add_argument("--sprint-checkpoint", help="with --checkpoint: a Sprint checkpoint for the Sprint row")
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--rounds", type=int, default=5)
     parser.add_argument("--requests", type=int, default=6, help="per sequential system and round")
@@ -183,10 +189,16 @@ def main() -> None:
             from models.materialize import materialize
 
             checkpoint = str(materialize("small", Path(tmp) / "small"))
+            # The same small model's shapes as a Sprint checkpoint (random weights, like `small`).
+            sprint_checkpoint = str(materialize("small-sprint", Path(tmp) / "small-sprint"))
+        else:
+            sprint_checkpoint = args.sprint_checkpoint
         sequential = {
             "diffusers_sequential": diffusers_baseline(checkpoint, args.device),
             "in_process_sequential": in_process_baseline(checkpoint, args.device),
         }
+        if sprint_checkpoint:
+            sequential["sprint_in_process"] = in_process_baseline(sprint_checkpoint, args.device, SPRINT_STEPS)
         served = Served(checkpoint, args.device, args.threads, args.steps, env)
         sequential["served_c1"] = served.generate
         rounds = []
@@ -222,12 +234,16 @@ def main() -> None:
 def _ratios(figures: dict) -> dict:
     diffusers, in_process = figures["diffusers_sequential"], figures["in_process_sequential"]
     c1, c8 = figures["served_c1"], figures["served_c8"]
-    return {
+    ratios = {
         "served_c1_latency_over_in_process": round(c1["latency_ms_mean"] / in_process["latency_ms_mean"], 4),
         "served_c1_latency_over_diffusers": round(c1["latency_ms_mean"] / diffusers["latency_ms_mean"], 4),
         "served_c8_throughput_over_diffusers": round(c8["images_per_s"] / diffusers["images_per_s"], 4),
         "in_process_throughput_over_diffusers": round(in_process["images_per_s"] / diffusers["images_per_s"], 4),
     }
+    if "sprint_in_process" in figures:  # Sprint at 2 steps against diffusers' SanaPipeline at the workload's 20
+        ratios["sprint_throughput_over_diffusers"] = round(
+            figures["sprint_in_process"]["images_per_s"] / diffusers["images_per_s"], 4)
+    return ratios
 
 
 if __name__ == "__main__":

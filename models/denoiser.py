@@ -21,6 +21,7 @@ from dataclasses import dataclass, field
 import torch
 
 from models.checkpoint import choose_placement, load_component, resolve_source
+from models.lora import Adapters
 from models.registry import SCM, SCM_INTERMEDIATE_TIMESTEP, SCM_MAX_TIMESTEP, Sampler, sampler_for_scheduler
 from models.text_encoder import PromptEmbedding
 
@@ -62,15 +63,19 @@ class DenoiseJob:
     steps: int
     guidance_scale: float
     preview_steps: tuple[int, ...] = ()  # 0-based steps after which to report the predicted clean latents
+    lora: str | None = None  # a loaded adapter's name (Denoiser.adapters), or none
+    lora_scale: float = 1.0
 
     @property
     def uses_guidance(self) -> bool:
         return self.guidance_scale > 1.0
 
-    def batch_key(self, sampler: Sampler) -> tuple[int, int, int, bool]:
+    def batch_key(self, sampler: Sampler) -> tuple:
         """Jobs with equal keys can share one transformer batch and one timestep schedule. With
-        embedded guidance any scales mix (the scale is a per-row input)."""
-        return (self.width, self.height, self.steps, self.uses_guidance and not sampler.embedded_guidance)
+        embedded guidance any scales mix (the scale is a per-row input); an adapter and its scale are
+        the transformer's state for the whole batch, so they must match."""
+        cfg = self.uses_guidance and not sampler.embedded_guidance
+        return (self.width, self.height, self.steps, cfg, self.lora, self.lora_scale if self.lora else None)
 
 
 def initial_noise(seed: int, num_images: int, channels: int, width: int, height: int) -> torch.Tensor:
@@ -88,6 +93,7 @@ class Denoiser:
         self.scheduler_config = dict(scheduler_config)
         self.sampler = sampler_for_scheduler(self.scheduler_config.get("_class_name"))
         self.latent_channels = int(transformer.config.in_channels)
+        self.adapters = Adapters(transformer)
 
     @classmethod
     def from_pretrained(cls, source: str, *, device: str | None = None, dtype: str | None = None) -> "Denoiser":
@@ -114,13 +120,15 @@ class Denoiser:
         """Final latents [n, C, h, w] (float32) per job, in order; None for a job `dropped` stopped.
         Mixed jobs run as several batches. A dropped job leaves its batch before the next step, so
         the others continue on fewer rows (their pixels equal a run without it, within ±1 level)."""
-        groups: dict[tuple[int, int, int, bool], list[int]] = {}
+        groups: dict[tuple, list[int]] = {}
         for index, job in enumerate(jobs):
             groups.setdefault(job.batch_key(self.sampler), []).append(index)
         results: list[torch.Tensor | None] = [None] * len(jobs)
         run_batch = self._denoise_batch_scm if self.sampler is SCM else self._denoise_batch
         for indices in groups.values():
-            results_in_group = run_batch(jobs, indices, on_step, dropped or _nothing_dropped)
+            first = jobs[indices[0]]
+            with self.adapters.active(first.lora, first.lora_scale):
+                results_in_group = run_batch(jobs, indices, on_step, dropped or _nothing_dropped)
             for i, job_latents in results_in_group.items():
                 results[i] = job_latents
         return results

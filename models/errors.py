@@ -28,3 +28,7 @@ class InvalidRequestError(SanaError, ValueError):
     def __init__(self, message: str, field: str | None = None) -> None:
         super().__init__(message)
         self.field = field
+
+
+class AdapterError(SanaError):
+    """A LoRA adapter cannot be loaded (not a LoRA file, another architecture's, unreachable)."""

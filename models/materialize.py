@@ -153,12 +153,43 @@ def materialize_safety_classifier(arch: str, out: Path, seed: int) -> Path:
     return out
 
 
+# LoRA adapters `materialize` can write: (the base variant they fit, their own seed). Two for the
+# tiny checkpoint (so tests can tell adapters apart) and one for `small` (which a tiny route refuses).
+LORAS = {"tiny-lora-a": ("tiny", 1), "tiny-lora-b": ("tiny", 2), "small-lora": ("small", 1)}
+LORA_RANK = 4
+LORA_TARGETS = ["to_q", "to_k", "to_v", "to_out.0"]  # attention projections, as Sana LoRAs train them
+
+
+def materialize_lora(arch: str, out: Path, seed: int) -> Path:
+    """A rank-4 LoRA on the attention projections of `arch`'s base transformer, with random A and B
+    (a trained LoRA's B is not zero either), saved the way `SanaPipeline.save_lora_weights` does."""
+    from diffusers import SanaPipeline, SanaTransformer2DModel
+    from peft import LoraConfig, get_peft_model_state_dict
+
+    base, own_seed = LORAS[arch]
+    with torch.device("meta"):
+        transformer = SanaTransformer2DModel(**get_variant(base).transformer_config())
+    transformer = transformer.to_empty(device="cpu")
+    config = LoraConfig(r=LORA_RANK, lora_alpha=LORA_RANK, target_modules=LORA_TARGETS, init_lora_weights=False)
+    transformer.add_adapter(config)
+    state = get_peft_model_state_dict(transformer)
+    generator = torch.Generator().manual_seed(seed * 100 + own_seed)
+    state = {key: torch.randn(value.shape, generator=generator) * 0.2 for key, value in sorted(state.items())}
+    SanaPipeline.save_lora_weights(out, transformer_lora_layers=state)
+    (out / "sana_serve.json").write_text(json.dumps({"arch": arch, "seed": seed, "base": base}, indent=2) + "\n")
+    return out
+
+
 def materialize(arch: str, out_dir: str | os.PathLike[str], seed: int = 0) -> Path:
-    """Write checkpoint `arch` (a registry name or a classifier) into `out_dir`. Same seed, same bytes."""
+    """Write checkpoint `arch` (a registry name, a classifier or a LoRA) into `out_dir`. Same seed,
+    same bytes."""
     out = Path(out_dir)
     if arch in SAFETY_CLASSIFIERS:
         _prepare_dir(out)
         return materialize_safety_classifier(arch, out, seed)
+    if arch in LORAS:
+        _prepare_dir(out)
+        return materialize_lora(arch, out, seed)
     variant = get_variant(arch)
     _prepare_dir(out)
     if variant.packaged is not None:

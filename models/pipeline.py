@@ -35,6 +35,8 @@ class GenerationRequest:
     steps: int | None = None
     guidance_scale: float | None = None
     seed: int | None = None
+    lora: str | None = None  # an adapter loaded with SanaInProcessPipeline.load_lora
+    lora_scale: float = 1.0
 
 
 @dataclass(frozen=True)
@@ -124,6 +126,10 @@ class SanaInProcessPipeline:
             Decoder.from_pretrained(source, device=device, dtype=dtype, tiling=tiling),
         )
 
+    def load_lora(self, name: str, source: str) -> None:
+        """Load a LoRA adapter (a folder or Hub repo) that requests can then name with `lora`."""
+        self.denoiser.adapters.load(name, source)
+
     def generate(
         self, requests: list[GenerationRequest], on_step: StepCallback | None = None
     ) -> list[GenerationResult]:
@@ -152,8 +158,10 @@ class SanaInProcessPipeline:
                 height=bins[i][1],
                 steps=r.steps,
                 guidance_scale=r.guidance_scale,
+                lora=request.lora,
+                lora_scale=request.lora_scale,
             )
-            for i, r in enumerate(resolved)
+            for i, (r, request) in enumerate(zip(resolved, requests))
         ]
         latents = self.denoiser.denoise(jobs, on_step)  # nothing is dropped here: all are present
 

@@ -30,7 +30,8 @@ def build_app(args: AppConfig) -> Application:
     for name, route in config.routes.items():
         denoiser = Denoiser.options(
             name=stage_deployment_name("Denoiser", name), **route.deployment(route.denoiser)
-        ).bind(route.checkpoint, route.denoiser, name, route.device)
+        ).bind(route.checkpoint, route.denoiser, name, route.device,
+               {lora: entry.source for lora, entry in route.loras.items()}, route.max_loras_per_replica)
         decoder = Decoder.options(
             name=stage_deployment_name("Decoder", name), **route.deployment(route.decoder)
         ).bind(route.checkpoint, route.decoder, route.tiling, route.device)

@@ -16,6 +16,8 @@ from pathlib import Path
 
 from serve.config import MATERIALIZED_PREFIX, cache_dir
 
+MATERIALIZED_MARKER = "sana_serve.json"
+
 
 def is_materialized(spec: str) -> bool:
     return spec.startswith(MATERIALIZED_PREFIX)
@@ -33,12 +35,13 @@ def resolve_checkpoint(spec: str) -> str:
 
     arch = spec.removeprefix(MATERIALIZED_PREFIX)
     target = materialized_path(spec)
-    if (target / "model_index.json").exists():
+    done = MATERIALIZED_MARKER  # every materialized folder (pipeline, classifier, LoRA) ends with it
+    if (target / done).exists():
         return str(target)
     target.parent.mkdir(parents=True, exist_ok=True)
     with open(target.parent / f".{arch}.lock", "w") as lock:
         fcntl.flock(lock, fcntl.LOCK_EX)
-        if not (target / "model_index.json").exists():
+        if not (target / done).exists():
             staging = target.parent / f".{arch}.staging-{os.getpid()}"
             shutil.rmtree(staging, ignore_errors=True)
             materialize(arch, staging)

@@ -107,6 +107,14 @@ class Placement(_Section):
         return value
 
 
+class LoraEntry(_Section):
+    """One LoRA adapter a route offers (requests name it with `lora`)."""
+
+    source: str = Field(min_length=1)
+    """A folder holding pytorch_lora_weights.safetensors, a Hugging Face repo id, or materialized:NAME."""
+    description: str = ""
+
+
 class Route(_Section):
     """One (Denoiser, Decoder) pair serving one checkpoint."""
 
@@ -128,6 +136,10 @@ class Route(_Section):
     capacity_wait_s: float | None = Field(None, ge=0)
     """How long a request may wait for this route to have capacity (a replica placed and a free
     slot) before it gets 503 + Retry-After. None: wait as long as the stage queues allow."""
+    loras: dict[str, LoraEntry] = {}
+    """LoRA adapters by id. A Denoiser replica loads one on first use (Ray Serve model multiplexing:
+    requests for an adapter go to replicas that hold it) and keeps up to max_loras_per_replica."""
+    max_loras_per_replica: int = Field(4, ge=1)
 
     def deployment(self, stage: StageConfig) -> dict[str, Any]:
         """`stage`'s deployment options with this route's placement merged into ray_actor_options."""

@@ -10,7 +10,7 @@ import logging
 
 from fastapi.responses import JSONResponse
 
-from models.errors import CheckpointError, InvalidRequestError
+from models.errors import AdapterError, CheckpointError, InvalidRequestError
 
 logger = logging.getLogger("sana_serve.gateway")
 
@@ -115,6 +115,8 @@ def to_api_error(exc: BaseException) -> ApiError:
         return exc
     if isinstance(exc, InvalidRequestError):
         return BadRequest(str(exc), exc.field)
+    if isinstance(exc, AdapterError):  # the request's adapter cannot be used; others can
+        return BadRequest(str(exc), "lora")
     if isinstance(exc, BackPressureError):
         return Overloaded("the server is busy; retry later", retry_after_s=exc.retry_after_s or 1.0)
     if isinstance(exc, (DeploymentUnavailableError, CheckpointError)):

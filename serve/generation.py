@@ -32,6 +32,7 @@ from serve.errors import (
     Cancelled,
     DeadlineExceeded,
     ModelNotFound,
+    NotFound,
     Overloaded,
     is_replica_failure,
     to_api_error,
@@ -337,7 +338,8 @@ class GenerationService:
 
         # 5. Stages: (classifier ∥ encode) → denoise → decode, retried if a replica dies mid-call.
         pixels, revised_prompt = await self._run_stages(route, resolved, bin_wh, progress, ticket,
-                                                        request.partial_images or 0, request.output_format)
+                                                        request.partial_images or 0, request.output_format,
+                                                        request.lora, request.lora_scale)
 
         # 6. Encode images off the event loop.
         progress.emit("encoding_images")
@@ -404,6 +406,11 @@ class GenerationService:
         max_images = self.config.max_images(route)
         if not 1 <= request.n <= max_images:
             raise BadRequest(f"n must be in [1, {max_images}] on route {route}", "n")
+        loras = self.config.routes[route].loras
+        if request.lora is not None and request.lora not in loras:
+            offered = ", ".join(sorted(loras)) or "none"
+            raise NotFound(f"lora {request.lora!r} does not exist on route {route} (it offers: {offered}); "
+                           "GET /v1/models lists each route's adapters", "lora")
         return route, width, height
 
     async def pick_route(self, request: ImageGenerationRequest) -> tuple[str, int, int]:
@@ -470,7 +477,8 @@ class GenerationService:
 
     async def _run_stages(self, route: str, resolved: ResolvedRequest, bin_wh: tuple[int, int],
                           progress: _Progress, ticket: Ticket, partial_images: int,
-                          output_format: str) -> tuple[Pixels, str]:
+                          output_format: str, lora: str | None = None,
+                          lora_scale: float | None = None) -> tuple[Pixels, str]:
         handles = self.stages.routes[route]
         spec = DenoiseSpec(
             seed=resolved.seed,
@@ -481,6 +489,8 @@ class GenerationService:
             guidance_scale=resolved.guidance_scale,
             progress=progress.wanted,
             preview_steps=preview_steps(resolved.steps, partial_images) if progress.wanted else (),
+            lora=lora,
+            lora_scale=1.0 if lora_scale is None else lora_scale,
         )
         # Classifier-free guidance needs the negative prompt; embedded guidance (Sprint) has none.
         negative_wanted = resolved.uses_guidance and not (await self.sampler(route)).embedded_guidance
@@ -493,7 +503,9 @@ class GenerationService:
                 negative = progress.track(self.stages.text_encoder.encode.remote(resolved.negative_prompt, False)
                                           if negative_wanted else None)
                 progress.track(prompt)
-                stream = progress.track(handles.denoiser.options(stream=True).denoise.remote(spec, prompt, negative))
+                # With an adapter, Serve routes to a replica that holds it (model multiplexing).
+                denoiser = handles.denoiser.options(stream=True, multiplexed_model_id=lora or "")
+                stream = progress.track(denoiser.denoise.remote(spec, prompt, negative))
                 latents = await self._denoise(route, stream, resolved, progress, ticket, output_format)
                 progress.emit("decoding")
                 pixels = await progress.result(progress.track(

@@ -39,11 +39,14 @@ class DenoiseSpec:
     guidance_scale: float
     progress: bool = False  # stream a DenoiseProgress after every step
     preview_steps: tuple[int, ...] = ()  # 0-based steps whose clean-latent prediction to stream
+    lora: str | None = None  # an adapter id of the route's catalog
+    lora_scale: float = 1.0
 
     def job(self, prompt: PromptEmbedding, negative: PromptEmbedding | None) -> DenoiseJob:
         return DenoiseJob(prompt=prompt, negative=negative, seed=self.seed, num_images=self.num_images,
                           width=self.width, height=self.height, steps=self.steps,
-                          guidance_scale=self.guidance_scale, preview_steps=self.preview_steps)
+                          guidance_scale=self.guidance_scale, preview_steps=self.preview_steps,
+                          lora=self.lora, lora_scale=self.lora_scale)
 
 
 @dataclass(frozen=True)

@@ -44,6 +44,8 @@ class ImageGenerationRequest(BaseModel):
     )
     partial_images: StrictInt | None = Field(None, description="Previews to stream (0-3) before each image.")
     stream_options: StreamOptions | None = Field(None, description="Streaming extras (our progress events).")
+    lora: StrictStr | None = Field(None, description="A LoRA adapter of the route (GET /v1/models lists them).")
+    lora_scale: StrictFloat | None = Field(None, description="The adapter's weight; default 1.0; needs `lora`.")
 
 
 class ImageData(BaseModel):
@@ -92,6 +94,11 @@ class RouteDefaults(BaseModel):
     guidance_scale: float
 
 
+class LoraCard(BaseModel):
+    id: str
+    description: str = ""
+
+
 class ModelCard(BaseModel):
     id: str
     object: Literal["model"] = "model"
@@ -105,6 +112,7 @@ class ModelCard(BaseModel):
                                          "(bins larger than the route's max_side scaled down to it).")
     limits: RouteLimits
     defaults: RouteDefaults
+    loras: list[LoraCard] = Field(default_factory=list, description="LoRA adapters a request may name with `lora`.")
 
 
 class ModelList(BaseModel):

@@ -25,6 +25,7 @@ from models.decoder import Decoder as DecoderStage
 from models.decoder import TilingConfig
 from models.denoiser import DenoiseJob, DropCallback, StepCallback, StepReport
 from models.denoiser import Denoiser as DenoiserStage
+from models.errors import AdapterError
 from models.registry import DEFAULT_GUIDANCE
 from models.safety_classifier import SafetyClassifier as SafetyClassifierStage
 from models.text_encoder import PromptEmbedding
@@ -140,7 +141,8 @@ class Denoiser:
     that stops listening (its response cancelled, its client gone) leaves the running batch before
     the next step; the other requests in the batch go on with their own pixels."""
 
-    def __init__(self, checkpoint: str, stage: StageConfig, route: str, device: str | None = None) -> None:
+    def __init__(self, checkpoint: str, stage: StageConfig, route: str, device: str | None = None,
+                 loras: dict[str, str] | None = None, max_loras: int = 4) -> None:
         _set_threads(stage)
         self.node = _node()
         self.route = route
@@ -150,10 +152,21 @@ class Denoiser:
         self._tickets = itertools.count()
         _configure_batching(self.denoise_batch, stage.batching)
         self.compute.call(self._warm_up)
+        # LoRA adapters by id (the route's catalog), loaded on first use and kept up to max_loras,
+        # least recently used out: Ray Serve's model multiplexing, which also tells the router
+        # which replica holds which adapter so requests for one go where it is loaded.
+        self.loras = dict(loras or {})
+
+        async def adapter(lora: str) -> _LoadedAdapter:
+            return await self._load_adapter(lora)
+
+        self.adapter = serve.multiplexed(max_num_models_per_replica=max_loras)(adapter)
 
     async def denoise(
         self, spec: DenoiseSpec, prompt: EncodedPrompt, negative: EncodedPrompt | None
     ) -> AsyncIterator[DenoiseProgress | Latents]:
+        if spec.lora is not None:
+            await self.adapter(spec.lora)  # before queueing: a bad adapter fails this request alone
         ticket = next(self._tickets)
         finished = False
         try:
@@ -208,21 +221,38 @@ class Denoiser:
         finally:
             self._abandoned.difference_update(tickets)
         elapsed = _ms(time.perf_counter() - started)
+        # A request's batch is the transformer batch it ran in: the jobs of its batch key (a Serve
+        # batch with mixed sizes, step counts or adapters runs as several).
+        keys = [job.batch_key(self.stage.sampler) for job in jobs]
+        shared = {key: sum(job.num_images for job, k in zip(jobs, keys) if k == key) for key in keys}
         results: list[Latents | type[StopIteration]] = []
-        for z, p, n, t in zip(latents, prompts, negatives, arrived):
+        for z, p, n, t, key in zip(latents, prompts, negatives, arrived, keys):
             if z is None:
                 results.append(StopIteration)
                 continue
             # The encode share of a request is its slower prompt (both ran concurrently).
             encode = max((e for e in (p, n) if e is not None), key=lambda e: e.timing.compute_ms).timing
-            timing = StageTiming(_ms(started - t), elapsed, images, self.node)
+            timing = StageTiming(_ms(started - t), elapsed, shared[key], self.node)
             results.append(Latents(latents=z, timings={"encode": encode, "denoise": timing}))
         yield results
 
     @torch.inference_mode()
     def _run(self, jobs: list[DenoiseJob], on_step: StepCallback | None = None,
              dropped: DropCallback | None = None) -> list[torch.Tensor | None]:
+        # An adapter evicted while its request waited for this batch comes back (the LRU bound is
+        # soft by the requests in flight); the next load evicts again.
+        for lora in {job.lora for job in jobs if job.lora is not None}:
+            self.stage.adapters.load(lora, self._adapter_source(lora))
         return [None if z is None else z.cpu() for z in self.stage.denoise(jobs, on_step, dropped)]
+
+    def _adapter_source(self, lora: str) -> str:
+        if lora not in self.loras:
+            raise AdapterError(f"adapter {lora!r} is not in route {self.route}'s catalog")
+        return resolve_checkpoint(self.loras[lora])
+
+    async def _load_adapter(self, lora: str) -> _LoadedAdapter:
+        await self.compute.run(lambda: self.stage.adapters.load(lora, self._adapter_source(lora)))
+        return _LoadedAdapter(lora, self)
 
     def _warm_up(self) -> None:
         side = min(resolution_for_sample_size(self.stage.sample_size), 1024)
@@ -236,6 +266,18 @@ class Denoiser:
 
     def ping(self) -> None:
         """The gateway's capacity probe: answers as soon as this replica has a free slot."""
+
+
+class _LoadedAdapter:
+    """What model multiplexing holds for a loaded adapter; Serve calls __del__ when it evicts it."""
+
+    def __init__(self, lora: str, denoiser: Denoiser) -> None:
+        self.lora, self.denoiser = lora, denoiser
+
+    def __del__(self) -> None:
+        denoiser, self.denoiser = self.denoiser, None
+        if denoiser is not None:  # once: Serve's eviction, not the garbage collector after it
+            denoiser.compute.call(denoiser.stage.adapters.unload, self.lora)
 
 
 @serve.deployment(name="Decoder", ray_actor_options={"num_cpus": 0}, max_ongoing_requests=16)

@@ -13,7 +13,16 @@ import json
 import re
 from typing import Annotated, Any
 
-from pydantic import Field, StrictFloat, StrictInt, StrictStr, ValidationError, create_model, field_validator
+from pydantic import (
+    Field,
+    StrictFloat,
+    StrictInt,
+    StrictStr,
+    ValidationError,
+    ValidationInfo,
+    create_model,
+    field_validator,
+)
 
 from models.pipeline import MAX_SEED
 from serve.config import Limits
@@ -24,6 +33,7 @@ SIZE = re.compile(r"^(\d{1,5})x(\d{1,5})$")
 SIZE_PATTERN = r"^[0-9]{1,5}x[0-9]{1,5}$"
 NATIVE_SIZE = "auto"  # OpenAI's spelling of "the model's own size"
 MAX_PARTIAL_IMAGES = 3  # OpenAI's bound
+MAX_LORA_SCALE = 4.0  # either sign: "slider" adapters are used negated
 
 
 def parse_size(size: str) -> tuple[int, int]:
@@ -59,6 +69,11 @@ def limited_request_model(limits: Limits, max_images: int) -> type[ImageGenerati
             raise ValueError(f"aspect ratio above {limits.max_aspect_ratio}:1")
         return value
 
+    def check_lora_scale(value: float | None, info: ValidationInfo) -> float | None:
+        if value is not None and info.data.get("lora") is None:
+            raise ValueError("given without lora (the adapter it scales)")
+        return value
+
     text = limits.max_prompt_chars
     return create_model(
         "ImageGenerationRequest",
@@ -66,6 +81,7 @@ def limited_request_model(limits: Limits, max_images: int) -> type[ImageGenerati
         __validators__={
             "prompt_not_blank": field_validator("prompt")(check_prompt),
             "size_within_limits": field_validator("size")(check_size),
+            "lora_scale_needs_lora": field_validator("lora_scale")(check_lora_scale),
         },
         # Patterns that the validators above enforce with clearer messages are published as schema only.
         prompt=field("prompt", StrictStr, min_length=1, max_length=text, json_schema_extra={"pattern": r"\S"}),
@@ -76,6 +92,8 @@ def limited_request_model(limits: Limits, max_images: int) -> type[ImageGenerati
         guidance_scale=field("guidance_scale", Annotated[StrictFloat, Field(ge=0, le=limits.max_guidance)] | None),
         seed=field("seed", Annotated[StrictInt, Field(ge=0, le=MAX_SEED)] | None),
         partial_images=field("partial_images", Annotated[StrictInt, Field(ge=0, le=MAX_PARTIAL_IMAGES)] | None),
+        lora=field("lora", Annotated[StrictStr, Field(min_length=1, max_length=200)] | None),
+        lora_scale=field("lora_scale", Annotated[StrictFloat, Field(ge=-MAX_LORA_SCALE, le=MAX_LORA_SCALE)] | None),
     )
 
 

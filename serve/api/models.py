@@ -5,7 +5,7 @@ from __future__ import annotations
 from fastapi import APIRouter, Depends
 
 from serve.api.deps import ApiDeps, authorize, deps
-from serve.schemas import ErrorResponse, ModelCard, ModelList, RouteDefaults, RouteLimits
+from serve.schemas import ErrorResponse, LoraCard, ModelCard, ModelList, RouteDefaults, RouteLimits
 
 router = APIRouter()
 
@@ -28,6 +28,8 @@ async def models(api: ApiDeps = Depends(deps)) -> ModelList:
             ),
             defaults=RouteDefaults(num_inference_steps=info.defaults.steps,
                                    guidance_scale=info.defaults.guidance_scale),
+            loras=[LoraCard(id=lora, description=entry.description)
+                   for lora, entry in api.config.routes[info.route].loras.items()],
         )
         for info in await api.service.models()
     ])
