@@ -41,12 +41,30 @@ def _hub_variant(source: str) -> tuple[str | None, str]:
     return variant.weight_variant, variant.gpu_dtype
 
 
+_STORED_DTYPES = {"BF16": "bfloat16", "F16": "float16"}
+
+
 def _local_variant(folder: Path) -> tuple[str | None, str]:
-    # A local folder tells its variant by its file names (materialize writes the Hub's).
+    # A local folder tells its variant by its file names (materialize writes the Hub's)...
     for weight_variant, dtype in (("bf16", "bfloat16"), ("fp16", "float16")):
         if any(folder.glob(f"*/*.{weight_variant}*.safetensors")) or any(folder.glob(f"*/*.{weight_variant}-*")):
             return weight_variant, dtype
-    return None, "float32"
+    # ...or, under plain names (SANA-1.5, Sprint), by the dtype its transformer weights are stored in.
+    return None, _stored_dtype(folder / "transformer")
+
+
+def _stored_dtype(folder: Path) -> str:
+    from safetensors import safe_open
+
+    for path in sorted(folder.glob("*.safetensors"))[:1]:
+        try:
+            with safe_open(path, "pt") as weights:
+                first = next(iter(weights.keys()), None)
+                if first is not None:
+                    return _STORED_DTYPES.get(weights.get_slice(first).get_dtype(), "float32")
+        except Exception:  # noqa: BLE001 - unreadable here is reported by the loader, with its path
+            pass
+    return "float32"
 
 
 def choose_placement(source: str, device: str | torch.device | None = None, dtype: str | None = None) -> Placement:

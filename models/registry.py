@@ -207,7 +207,9 @@ def get_variant(name: str) -> Variant:
         return VARIANTS[name]
     except KeyError:
         known = ", ".join(sorted(VARIANTS))
-        raise UnknownVariantError(f"unknown architecture {name!r}; known: {known}, tiny-shieldgemma") from None
+        raise UnknownVariantError(
+            f"unknown architecture {name!r}; known: {known}, tiny-shieldgemma, tiny-lora-a, tiny-lora-b, small-lora"
+        ) from None
 
 
 def variant_for_repo(repo_id: str) -> Variant | None:

@@ -18,8 +18,10 @@ def _add_materialize(commands: argparse._SubParsersAction) -> None:
     parser = commands.add_parser(
         "materialize",
         help="write a diffusers-format checkpoint with deterministic random weights (offline)",
-        description="ARCH is a registry name: tiny, tiny-4k (random, for tests), shapes, shapes-4k (the shipped "
-                    "trained model), or a real architecture such as sana-1600m-1024 (random weights, real size).",
+        description="ARCH is a registry name: tiny, tiny-4k, tiny-1.5, tiny-sprint (random, for tests), shapes, "
+                    "shapes-4k (the shipped trained model), a real architecture such as sana-1600m-1024, "
+                    "sana-1.5-4800m-1024 or sana-sprint-1600m-1024 (random weights, real size), tiny-shieldgemma, or "
+                    "a LoRA adapter: tiny-lora-a, tiny-lora-b, small-lora.",
     )
     parser.add_argument("arch")
     parser.add_argument("dir", type=Path)
