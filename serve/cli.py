@@ -38,7 +38,7 @@ def _add_generate(commands: argparse._SubParsersAction) -> None:
     parser.add_argument("--negative-prompt", default="")
     parser.add_argument("--width", type=int, help="default: the checkpoint's resolution")
     parser.add_argument("--height", type=int, help="default: the checkpoint's resolution")
-    parser.add_argument("--steps", type=int, help=f"default: {DEFAULT_STEPS}")
+    parser.add_argument("--steps", type=int, help=f"default: the checkpoint's sampler's ({DEFAULT_STEPS}; SANA-Sprint 2)")
     parser.add_argument("--guidance", type=float, help=f"default: {DEFAULT_GUIDANCE}; <= 1 turns guidance off")
     parser.add_argument("--seed", type=int, help="default: random (printed)")
     parser.add_argument("--n", type=int, default=1, help="number of images")

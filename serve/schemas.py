@@ -6,7 +6,7 @@ from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field, StrictBool, StrictFloat, StrictInt, StrictStr
 
-from models.registry import DEFAULT_GUIDANCE, DEFAULT_STEPS
+from models.registry import DEFAULT_GUIDANCE, DEFAULT_STEPS, SPRINT_STEPS
 
 OutputFormat = Literal["png", "jpeg", "webp"]
 
@@ -34,9 +34,12 @@ class ImageGenerationRequest(BaseModel):
     output_format: OutputFormat = Field("png", description="Image encoding.")
     negative_prompt: StrictStr = Field("", description="What not to draw (used when guidance_scale > 1).")
     seed: StrictInt | None = Field(None, description="Random seed; chosen by the server and returned when absent.")
-    num_inference_steps: StrictInt | None = Field(None, description=f"Solver steps; default {DEFAULT_STEPS}.")
+    num_inference_steps: StrictInt | None = Field(
+        None, description=f"Solver steps; default: the route's ({DEFAULT_STEPS}; SANA-Sprint routes {SPRINT_STEPS})."
+    )
     guidance_scale: StrictFloat | None = Field(
-        None, description=f"Classifier-free guidance; default {DEFAULT_GUIDANCE}; <= 1 turns it off."
+        None, description=f"Guidance scale; default {DEFAULT_GUIDANCE}. Classifier-free (<= 1 turns it off), or on "
+                          "SANA-Sprint routes an input of the model (no negative prompt)."
     )
     user: StrictStr | None = Field(None, description="OpenAI's end-user id; logged, otherwise unused.")
     stream: StrictBool = Field(
