@@ -235,6 +235,10 @@ class GatewayConfig(_Section):
     shell: everything it shows comes from API calls that carry the user's key."""
     preview_max_side: int = Field(512, ge=32, le=4096)
     """Longer side, in pixels, of streamed previews (partial images); decoded from downsampled latents."""
+    provenance_parameters: bool = True
+    """Write the generation parameters (prompt as generated, negative prompt, seed, steps, guidance,
+    size, model) into every returned file, as A1111's `parameters`. Off for privacy; the
+    machine-readable AI-generated marking is written either way."""
 
 
 class FilesConfig(_Section):

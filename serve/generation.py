@@ -41,6 +41,7 @@ from serve.images import encode_image
 from serve.logs import error_text, log_event
 from serve.metrics import GatewayMetrics
 from serve.payloads import DenoiseSpec, Latents, Pixels
+from serve.provenance import Provenance, parameters_text
 from serve.schemas import ImageGenerationRequest, Timings
 from serve.validation import NATIVE_SIZE, parse_size
 from serve.word_filter import WordFilter
@@ -344,7 +345,8 @@ class GenerationService:
         # 6. Encode images off the event loop.
         progress.emit("encoding_images")
         encode_started = time.perf_counter()
-        images = await self._encode_images(pixels.images, request.output_format)
+        images = await self._encode_images(pixels.images, request.output_format,
+                                           self._provenance(route, resolved, revised_prompt, request))
         image_encode_ms = (time.perf_counter() - encode_started) * 1000
 
         # 7. Timings, metrics, log.
@@ -572,11 +574,24 @@ class GenerationService:
         height, width = pixels.shape[1:3]
         progress.emit("partial_image", index=index, images=images, size=f"{width}x{height}", format=output_format)
 
-    async def _encode_images(self, images: Any, output_format: str) -> list[bytes]:
-        """Encode uint8 images [n, H, W, 3] in the encode pool."""
+    async def _encode_images(self, images: Any, output_format: str,
+                             provenance: Provenance | None = None) -> list[bytes]:
+        """Encode uint8 images [n, H, W, 3] in the encode pool (marked AI-generated, see serve.provenance)."""
         loop = asyncio.get_running_loop()
-        return list(await asyncio.gather(
-            *(loop.run_in_executor(self._encode_pool, encode_image, image, output_format) for image in images)
+        return list(await asyncio.gather(*(
+            loop.run_in_executor(self._encode_pool, encode_image, image, output_format, provenance) for image in images
+        )))
+
+    def _provenance(self, route: str, resolved: ResolvedRequest, prompt: str,
+                    request: ImageGenerationRequest) -> Provenance:
+        """The file's provenance: the request as generated (the prompt after the safety filter)."""
+        if not self.config.gateway.provenance_parameters:
+            return Provenance()
+        sampler = SAMPLERS[self._profiles[route].sampler]
+        return Provenance(parameters_text(
+            prompt=prompt, negative_prompt="" if sampler.embedded_guidance else resolved.negative_prompt,
+            steps=resolved.steps, sampler=sampler.name, guidance_scale=resolved.guidance_scale, seed=resolved.seed,
+            width=resolved.width, height=resolved.height, model=route, lora=request.lora, lora_scale=request.lora_scale,
         ))
 
 

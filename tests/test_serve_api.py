@@ -139,3 +139,22 @@ def test_eight_concurrent_mixed_requests_equal_their_solo_results(base_url, pipe
             num_images=body.get("n", 1), steps=3, guidance_scale=body.get("guidance_scale", 4.5), seed=body["seed"],
         )])[0]
         assert pixel_diff(decode_images(response.json()), solo.images) <= 1, body
+
+
+@pytest.mark.parametrize("output_format", ["png", "jpeg"])
+def test_served_files_are_marked_and_carry_the_parameters(base_url, output_format):
+    import base64
+
+    from serve.provenance import DIGITAL_SOURCE_TYPE
+    from tests.unit.test_provenance import read_back
+
+    body = {"prompt": "a red fox", "size": "512x512", "seed": 5, "num_inference_steps": 2, "negative_prompt": "fog",
+            "output_format": output_format}
+    response = _post(base_url, body)
+    assert response.status_code == 200, response.text
+    xmp, parameters = read_back(base64.b64decode(response.json()["data"][0]["b64_json"]))
+    assert DIGITAL_SOURCE_TYPE in xmp
+    assert parameters.splitlines() == [
+        "a red fox", "Negative prompt: fog",
+        f"Steps: 2, Sampler: flow-dpm-solver, CFG scale: 4.5, Seed: 5, Size: 512x512, Model: sana-shapes, "
+        f"Version: {parameters.rsplit('Version: ', 1)[1]}"]
