@@ -17,7 +17,7 @@ from pathlib import Path
 import torch
 
 from models.errors import MaterializeError
-from models.registry import Variant, get_variant
+from models.registry import FLOW_DPM_SOLVER, Sampler, Variant, get_variant
 
 # Special tokens in Gemma's order, then one token per byte (Gemma's byte-fallback spelling), then
 # the SentencePiece word boundary. Any UTF-8 text (Chinese, emoji) encodes byte by byte, so
@@ -31,13 +31,13 @@ def byte_level_vocab() -> dict[str, int]:
     return {token: index for index, token in enumerate(tokens)}
 
 
-def _model_index(variant: Variant) -> dict[str, object]:
+def _model_index(sampler: Sampler = FLOW_DPM_SOLVER) -> dict[str, object]:
     import diffusers
 
     return {
-        "_class_name": variant.sampler.pipeline_class,
+        "_class_name": sampler.pipeline_class,
         "_diffusers_version": diffusers.__version__,
-        "scheduler": ["diffusers", variant.sampler.scheduler_class],
+        "scheduler": ["diffusers", sampler.scheduler_class],
         "text_encoder": ["transformers", "Gemma2Model"],
         "tokenizer": ["transformers", "GemmaTokenizerFast"],
         "transformer": ["diffusers", "SanaTransformer2DModel"],
@@ -200,6 +200,6 @@ def materialize(arch: str, out_dir: str | os.PathLike[str], seed: int = 0) -> Pa
     _write_transformer(variant, out, seed * 10 + 2)
     _write_vae(variant, out, seed * 10 + 3)
     _write_scheduler(variant, out)
-    (out / "model_index.json").write_text(json.dumps(_model_index(variant), indent=2, sort_keys=True) + "\n")
+    (out / "model_index.json").write_text(json.dumps(_model_index(variant.sampler), indent=2, sort_keys=True) + "\n")
     (out / "sana_serve.json").write_text(json.dumps({"arch": arch, "seed": seed}, indent=2) + "\n")
     return out

@@ -72,6 +72,8 @@ def _drain(apps: list[Application]) -> int:
     handles = [(serve.get_app_handle(app.name), app.config.gateway.admission.drain_grace_s) for app in apps]
     for handle, _ in handles:
         handle.drain.remote().result(timeout_s=30)
+    # Said once every gateway has acknowledged: from here on a new request gets 503.
+    print("draining: new requests get 503 + Retry-After; waiting for those in flight", flush=True)
     deadline = time.monotonic() + max(grace for _, grace in handles)
     while True:
         left = sum(handle.inflight.remote().result(timeout_s=30) for handle, _ in handles)
@@ -115,7 +117,6 @@ def run(options: RunOptions) -> int:
         print(f"sana-serve is up: open http://{host}:{port}/ in a browser; API at /v1/images/generations, "
               "docs at /docs; Ctrl-C stops it", flush=True)
         _wait_for_signal()
-        print("draining: new requests get 503 + Retry-After; waiting for those in flight", flush=True)
         left = _drain(apps)
         print(f"shutting down ({left} generations still in flight)" if left else "shutting down", flush=True)
         if not started_ray:
