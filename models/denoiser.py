@@ -78,9 +78,11 @@ class DenoiseJob:
         return (self.width, self.height, self.steps, cfg, self.lora, self.lora_scale if self.lora else None)
 
 
-def initial_noise(seed: int, num_images: int, channels: int, width: int, height: int) -> torch.Tensor:
-    """The starting latents diffusers draws for this seed (float32, on CPU, then moved)."""
-    generator = torch.Generator("cpu").manual_seed(seed)
+def initial_noise(seed: int, num_images: int, channels: int, width: int, height: int,
+                  generator: torch.Generator | None = None) -> torch.Tensor:
+    """The starting latents diffusers draws for this seed (float32, on CPU, then moved). Pass the
+    seed's `generator` to keep drawing from it afterwards (SCM's per-step noise)."""
+    generator = generator or torch.Generator("cpu").manual_seed(seed)
     shape = (num_images, channels, height // VAE_COMPRESSION, width // VAE_COMPRESSION)
     return torch.randn(shape, generator=generator, dtype=torch.float32)
 
@@ -114,18 +116,22 @@ class Denoiser:
     def sample_size(self) -> int:
         return int(self.transformer.config.sample_size)
 
+    def batches(self, jobs: list[DenoiseJob]) -> list[list[int]]:
+        """The transformer batches `denoise` runs `jobs` in: indices of jobs with equal batch keys."""
+        groups: dict[tuple, list[int]] = {}
+        for index, job in enumerate(jobs):
+            groups.setdefault(job.batch_key(self.sampler), []).append(index)
+        return list(groups.values())
+
     def denoise(
         self, jobs: list[DenoiseJob], on_step: StepCallback | None = None, dropped: DropCallback | None = None
     ) -> list[torch.Tensor | None]:
         """Final latents [n, C, h, w] (float32) per job, in order; None for a job `dropped` stopped.
         Mixed jobs run as several batches. A dropped job leaves its batch before the next step, so
         the others continue on fewer rows (their pixels equal a run without it, within ±1 level)."""
-        groups: dict[tuple, list[int]] = {}
-        for index, job in enumerate(jobs):
-            groups.setdefault(job.batch_key(self.sampler), []).append(index)
         results: list[torch.Tensor | None] = [None] * len(jobs)
         run_batch = self._denoise_batch_scm if self.sampler is SCM else self._denoise_batch
-        for indices in groups.values():
+        for indices in self.batches(jobs):
             first = jobs[indices[0]]
             with self.adapters.active(first.lora, first.lora_scale):
                 results_in_group = run_batch(jobs, indices, on_step, dropped or _nothing_dropped)
@@ -174,9 +180,7 @@ class Denoiser:
         timestep_scale = float(getattr(self.transformer.config, "timestep_scale", 1.0))
         learned_sigma = int(self.transformer.config.out_channels) // 2 == self.latent_channels
         for step, t in enumerate(timesteps):
-            stop = set(dropped()) & set(batch.jobs)
-            if stop:
-                keep = batch.drop(stop).to(device)
+            if (keep := batch.drop_asked(dropped, device)) is not None:
                 if not batch.jobs:
                     return {}
                 latents, scales = latents[keep], scales[keep]
@@ -235,15 +239,13 @@ class Denoiser:
         timesteps = schedulers[indices[0]].timesteps[:-1]  # the last one (0) is where the steps end
         sigma_data = float(self.scheduler_config.get("sigma_data", 0.5))
         latents = torch.cat([
-            torch.randn((j.num_images, self.latent_channels, j.height // VAE_COMPRESSION, j.width // VAE_COMPRESSION),
-                        generator=generators[i], dtype=torch.float32) for i, j in zip(indices, jobs)
+            initial_noise(j.seed, j.num_images, self.latent_channels, j.width, j.height, generators[i])
+            for i, j in zip(indices, jobs)
         ]).to(device) * sigma_data
         batch = _Rows(list(indices), counts)
         denoised = latents
         for step, t in enumerate(timesteps):
-            stop = set(dropped()) & set(batch.jobs)
-            if stop:
-                keep = batch.drop(stop).to(device)
+            if (keep := batch.drop_asked(dropped, device)) is not None:
                 if not batch.jobs:
                     return {}
                 latents, embeds, mask, guidance = latents[keep], embeds[keep], mask[keep], guidance[keep]
@@ -293,6 +295,12 @@ class _Rows:
 
     def __init__(self, jobs: list[int], counts: list[int]) -> None:
         self.jobs, self.counts = jobs, counts
+
+    def drop_asked(self, dropped: DropCallback, device: torch.device) -> torch.Tensor | None:
+        """Drop the jobs `dropped` names that this batch holds; the rows that remain (on `device`),
+        or None when it names none of them."""
+        stop = set(dropped()) & set(self.jobs)
+        return self.drop(stop).to(device) if stop else None
 
     def drop(self, stop: set[int]) -> torch.Tensor:
         """Forget the jobs in `stop`; the indices of the image rows that remain."""

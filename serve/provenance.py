@@ -58,6 +58,7 @@ def parameters_text(*, prompt: str, negative_prompt: str, steps: int, sampler: s
     return "\n".join(lines)
 
 
+@cache  # the same packet for every file a process writes
 def xmp_packet(creator_tool: str) -> str:
     return (
         '<?xpacket begin="\ufeff" id="W5M0MpCehiHzreSzNTczkc9d"?>'

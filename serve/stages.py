@@ -221,18 +221,20 @@ class Denoiser:
         finally:
             self._abandoned.difference_update(tickets)
         elapsed = _ms(time.perf_counter() - started)
-        # A request's batch is the transformer batch it ran in: the jobs of its batch key (a Serve
-        # batch with mixed sizes, step counts or adapters runs as several).
-        keys = [job.batch_key(self.stage.sampler) for job in jobs]
-        shared = {key: sum(job.num_images for job, k in zip(jobs, keys) if k == key) for key in keys}
+        # A request's batch is the transformer batch it ran in (a Serve batch with mixed sizes, step
+        # counts or adapters runs as several).
+        shared = [0] * len(jobs)
+        for batch in self.stage.batches(jobs):
+            for i in batch:
+                shared[i] = sum(jobs[j].num_images for j in batch)
         results: list[Latents | type[StopIteration]] = []
-        for z, p, n, t, key in zip(latents, prompts, negatives, arrived, keys):
+        for z, p, n, t, images_in_batch in zip(latents, prompts, negatives, arrived, shared):
             if z is None:
                 results.append(StopIteration)
                 continue
             # The encode share of a request is its slower prompt (both ran concurrently).
             encode = max((e for e in (p, n) if e is not None), key=lambda e: e.timing.compute_ms).timing
-            timing = StageTiming(_ms(started - t), elapsed, shared[key], self.node)
+            timing = StageTiming(_ms(started - t), elapsed, images_in_batch, self.node)
             results.append(Latents(latents=z, timings={"encode": encode, "denoise": timing}))
         yield results
 
@@ -241,7 +243,7 @@ class Denoiser:
              dropped: DropCallback | None = None) -> list[torch.Tensor | None]:
         # An adapter evicted while its request waited for this batch comes back (the LRU bound is
         # soft by the requests in flight); the next load evicts again.
-        for lora in {job.lora for job in jobs if job.lora is not None}:
+        for lora in {job.lora for job in jobs if job.lora is not None} - self.stage.adapters.loaded.keys():
             self.stage.adapters.load(lora, self._adapter_source(lora))
         return [None if z is None else z.cpu() for z in self.stage.denoise(jobs, on_step, dropped)]
 

@@ -13,28 +13,50 @@ os.environ.setdefault("HF_HUB_DISABLE_TELEMETRY", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
 
-@pytest.fixture(scope="session")
-def tiny_checkpoint(tmp_path_factory: pytest.TempPathFactory) -> Path:
+def _materialized(tmp_path_factory: pytest.TempPathFactory, arch: str) -> Path:
     from models.materialize import materialize
 
-    return materialize("tiny", tmp_path_factory.mktemp("tiny"), seed=0)
+    return materialize(arch, tmp_path_factory.mktemp(arch), seed=0)
+
+
+@pytest.fixture(scope="session")
+def tiny_checkpoint(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return _materialized(tmp_path_factory, "tiny")
 
 
 @pytest.fixture(scope="session")
 def reference_pipeline(tiny_checkpoint: Path):
     """diffusers' own SanaPipeline on the tiny checkpoint: the pixel reference."""
-    from diffusers import SanaPipeline
+    from tests.reference import diffusers_pipeline
 
-    pipe = SanaPipeline.from_pretrained(tiny_checkpoint)
-    pipe.set_progress_bar_config(disable=True)
-    return pipe
+    return diffusers_pipeline("SanaPipeline", tiny_checkpoint)
 
 
 @pytest.fixture(scope="session")
 def pipeline(tiny_checkpoint: Path):
-    from models.pipeline import SanaInProcessPipeline
+    from tests.reference import in_process_pipeline
 
-    return SanaInProcessPipeline.from_pretrained(str(tiny_checkpoint), device="cpu")
+    return in_process_pipeline(tiny_checkpoint)
+
+
+@pytest.fixture(scope="session")
+def sprint_checkpoint(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return _materialized(tmp_path_factory, "tiny-sprint")
+
+
+@pytest.fixture(scope="session")
+def sprint_reference(sprint_checkpoint: Path):
+    """diffusers' own SanaSprintPipeline on the tiny Sprint checkpoint."""
+    from tests.reference import diffusers_pipeline
+
+    return diffusers_pipeline("SanaSprintPipeline", sprint_checkpoint)
+
+
+@pytest.fixture(scope="session")
+def sprint_pipeline(sprint_checkpoint: Path):
+    from tests.reference import in_process_pipeline
+
+    return in_process_pipeline(sprint_checkpoint)
 
 
 @pytest.fixture(scope="session")

@@ -2,8 +2,49 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import numpy as np
 import torch
+
+from models.pipeline import GenerationRequest
+
+
+def diffusers_pipeline(pipeline_class: str, checkpoint: Path):
+    """diffusers' own pipeline class (SanaPipeline, SanaSprintPipeline) on `checkpoint`: a reference."""
+    import diffusers
+
+    pipe = getattr(diffusers, pipeline_class).from_pretrained(checkpoint)
+    pipe.set_progress_bar_config(disable=True)
+    return pipe
+
+
+def in_process_pipeline(checkpoint: Path):
+    from models.pipeline import SanaInProcessPipeline
+
+    return SanaInProcessPipeline.from_pretrained(str(checkpoint), device="cpu")
+
+
+def generation_request(case: dict) -> GenerationRequest:
+    """A parity case (the reference's keyword arguments) as our request."""
+    return GenerationRequest(
+        prompt=case["prompt"],
+        negative_prompt=case.get("negative_prompt", ""),
+        width=case["width"],
+        height=case["height"],
+        num_images=case.get("num_images", 1),
+        steps=case.get("steps", 20),
+        guidance_scale=case.get("guidance_scale", 4.5),
+        seed=case.get("seed", 0),
+    )
+
+
+def assert_solo_matches(pipeline, case: dict, expected: np.ndarray) -> None:
+    """Our in-process pipeline, one request alone, gives the reference's pixels exactly."""
+    result = pipeline.generate([generation_request(case)])[0]
+    assert result.images.shape == (case.get("num_images", 1), case["height"], case["width"], 3)
+    assert result.seed == case.get("seed", 0)
+    assert np.array_equal(result.images, expected), f"max diff {pixel_diff(result.images, expected)}"
 
 
 def reference_images(

@@ -12,7 +12,7 @@ import pytest
 
 from models.errors import AdapterError
 from models.pipeline import GenerationRequest
-from tests.reference import pixel_diff, reference_images
+from tests.reference import diffusers_pipeline, in_process_pipeline, pixel_diff, reference_images
 
 BASE = dict(prompt="a red fox in the snow", width=512, height=512, steps=3, seed=7)
 
@@ -32,10 +32,7 @@ def adapters(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
 
 def _reference(tiny_checkpoint: Path, adapter: Path | None, scale: float, **case) -> np.ndarray:
     """A fresh diffusers SanaPipeline with the adapter loaded and set to `scale` (diffusers' own way)."""
-    from diffusers import SanaPipeline
-
-    pipe = SanaPipeline.from_pretrained(tiny_checkpoint)
-    pipe.set_progress_bar_config(disable=True)
+    pipe = diffusers_pipeline("SanaPipeline", tiny_checkpoint)
     if adapter is not None:
         pipe.load_lora_weights(adapter, adapter_name="x")
         pipe.set_adapters(["x"], adapter_weights=[scale])
@@ -55,9 +52,7 @@ def references(tiny_checkpoint, adapters):
 @pytest.fixture(scope="module")
 def pipeline(tiny_checkpoint):
     """Its own in-process pipeline: adapters loaded here stay out of the session's shared one."""
-    from models.pipeline import SanaInProcessPipeline
-
-    return SanaInProcessPipeline.from_pretrained(str(tiny_checkpoint), device="cpu")
+    return in_process_pipeline(tiny_checkpoint)
 
 
 def _request(**extra) -> GenerationRequest:

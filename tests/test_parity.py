@@ -13,7 +13,13 @@ import torch
 
 from models.denoiser import initial_noise
 from models.pipeline import GenerationRequest
-from tests.reference import pixel_diff, reference_images
+from tests.reference import (
+    assert_solo_matches,
+    diffusers_pipeline,
+    in_process_pipeline,
+    pixel_diff,
+    reference_images,
+)
 
 CASES = {
     "square-default": dict(prompt="a red fox in the snow", width=1024, height=1024),
@@ -29,27 +35,10 @@ CASES = {
 }
 
 
-def _request(case: dict) -> GenerationRequest:
-    return GenerationRequest(
-        prompt=case["prompt"],
-        negative_prompt=case.get("negative_prompt", ""),
-        width=case["width"],
-        height=case["height"],
-        num_images=case.get("num_images", 1),
-        steps=case.get("steps", 20),
-        guidance_scale=case.get("guidance_scale", 4.5),
-        seed=case.get("seed", 0),
-    )
-
-
 @pytest.mark.parametrize("name", list(CASES))
 def test_solo_request_matches_diffusers_exactly(name, pipeline, reference_pipeline):
     case = CASES[name]
-    expected = reference_images(reference_pipeline, **case)
-    result = pipeline.generate([_request(case)])[0]
-    assert result.images.shape == (case.get("num_images", 1), case["height"], case["width"], 3)
-    assert result.seed == case.get("seed", 0)
-    assert np.array_equal(result.images, expected), f"max diff {pixel_diff(result.images, expected)}"
+    assert_solo_matches(pipeline, case, reference_images(reference_pipeline, **case))
 
 
 def test_prompts_and_seeds_change_pixels(pipeline):
@@ -116,17 +105,10 @@ def test_diffusers_pairs_masks_with_wrong_prompts_where_we_do_not(pipeline, refe
 
 def test_sana_1_5_tiny_stand_in_matches_diffusers_exactly(tmp_path):
     """SANA-1.5 differs from 1.0 in the transformer only (Q/K RMS norms); the same pipeline serves it."""
-    from diffusers import SanaPipeline
-
     from models.materialize import materialize
-    from models.pipeline import SanaInProcessPipeline
 
     checkpoint = materialize("tiny-1.5", tmp_path / "tiny-1.5")
-    reference = SanaPipeline.from_pretrained(checkpoint)
-    reference.set_progress_bar_config(disable=True)
-    ours = SanaInProcessPipeline.from_pretrained(str(checkpoint), device="cpu")
+    ours = in_process_pipeline(checkpoint)
     assert ours.denoiser.transformer.config.qk_norm == "rms_norm_across_heads"
     case = dict(prompt="a lighthouse at dusk", negative_prompt="fog", width=1000, height=600, seed=4, steps=3)
-    expected = reference_images(reference, **case)
-    result = ours.generate([_request(case)])[0]
-    assert np.array_equal(result.images, expected), f"max diff {pixel_diff(result.images, expected)}"
+    assert_solo_matches(ours, case, reference_images(diffusers_pipeline("SanaPipeline", checkpoint), **case))

@@ -4,38 +4,13 @@ Sprint checkpoint, in-process: exact for solo requests, within 1 level when batc
 from __future__ import annotations
 
 from concurrent.futures import ThreadPoolExecutor
-from pathlib import Path
 
 import numpy as np
 import pytest
 
 from models.pipeline import GenerationRequest
 from models.registry import SCM
-from tests.reference import pixel_diff, sprint_reference_images
-
-
-@pytest.fixture(scope="module")
-def sprint_checkpoint(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    from models.materialize import materialize
-
-    return materialize("tiny-sprint", tmp_path_factory.mktemp("tiny-sprint"), seed=0)
-
-
-@pytest.fixture(scope="module")
-def sprint_reference(sprint_checkpoint: Path):
-    from diffusers import SanaSprintPipeline
-
-    pipe = SanaSprintPipeline.from_pretrained(sprint_checkpoint)
-    pipe.set_progress_bar_config(disable=True)
-    return pipe
-
-
-@pytest.fixture(scope="module")
-def sprint_pipeline(sprint_checkpoint: Path):
-    from models.pipeline import SanaInProcessPipeline
-
-    return SanaInProcessPipeline.from_pretrained(str(sprint_checkpoint), device="cpu")
-
+from tests.reference import assert_solo_matches, pixel_diff, sprint_reference_images
 
 CASES = {
     f"{steps}-steps-guidance-{guidance}": dict(prompt="a red fox in the snow", width=1024, height=1024,
@@ -44,12 +19,6 @@ CASES = {
 }
 CASES["binned-and-cropped"] = dict(prompt="a lighthouse at dusk", width=1000, height=600, steps=2, seed=4)
 CASES["two-images"] = dict(prompt="二只猫 🐱", width=768, height=1024, num_images=2, steps=2, seed=5)
-
-
-def _request(case: dict) -> GenerationRequest:
-    return GenerationRequest(prompt=case["prompt"], width=case["width"], height=case["height"],
-                             num_images=case.get("num_images", 1), steps=case["steps"],
-                             guidance_scale=case.get("guidance_scale", 4.5), seed=case["seed"])
 
 
 def test_the_checkpoint_is_a_sprint_one(sprint_pipeline):
@@ -61,10 +30,7 @@ def test_the_checkpoint_is_a_sprint_one(sprint_pipeline):
 @pytest.mark.parametrize("name", list(CASES))
 def test_solo_request_matches_diffusers_sprint_exactly(name, sprint_pipeline, sprint_reference):
     case = CASES[name]
-    expected = sprint_reference_images(sprint_reference, **case)
-    result = sprint_pipeline.generate([_request(case)])[0]
-    assert result.images.shape == (case.get("num_images", 1), case["height"], case["width"], 3)
-    assert np.array_equal(result.images, expected), f"max diff {pixel_diff(result.images, expected)}"
+    assert_solo_matches(sprint_pipeline, case, sprint_reference_images(sprint_reference, **case))
 
 
 def test_guidance_and_steps_change_pixels(sprint_pipeline):
