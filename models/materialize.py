@@ -153,6 +153,79 @@ def materialize_safety_classifier(arch: str, out: Path, seed: int) -> Path:
     return out
 
 
+# Image-checker stand-ins `materialize` can write: the real model class of the default checker (a ViT
+# image classifier with `normal`/`nsfw` labels and its image processor) at toy size.
+IMAGE_CHECKERS = {"tiny-image-checker"}
+_CHECKER_SIDE, _CHECKER_PATCH = 64, 8
+# Its concept: red. A patch counts as red when mean(2R - 2G) over it, in the processor's [-1, 1]
+# scale, is above this (the shapes world's red scores 3.06; orange 1.8, purple 1.4, yellow 0.5).
+_RED_MARGIN = 2.3
+_CHECKER_GAIN = 40.0  # logit slope: the score goes from ~0 to ~1 over a few percent of red patches
+CHECKER_HALF_POINT = 0.05  # fraction of red patches at which the stand-in scores 0.5
+
+
+def materialize_image_checker(arch: str, out: Path) -> Path:
+    """A one-layer ViT whose weights are set, not trained, so that its score means something a test
+    can aim at: P("nsfw") rises with the share of the picture that is red (a red heart on white
+    scores high; a blue star on yellow, a white picture, near 0). Built exactly, so same bytes every
+    time: the patch embedding measures each patch's redness, a layer norm with a small epsilon turns
+    that into a soft red/not-red sign, uniform attention (zero queries and keys) averages it into
+    the class token, and the head maps the average to a logit."""
+    from transformers import ViTConfig, ViTForImageClassification, ViTImageProcessor
+
+    config = ViTConfig(hidden_size=4, num_hidden_layers=1, num_attention_heads=1, intermediate_size=4,
+                       image_size=_CHECKER_SIDE, patch_size=_CHECKER_PATCH, layer_norm_eps=0.01,
+                       id2label={0: "normal", 1: "nsfw"}, label2id={"normal": 0, "nsfw": 1})
+    model = ViTForImageClassification(config).eval()
+    params = dict(model.named_parameters())
+
+    def param(*names: str) -> torch.nn.Parameter:  # by its transformers 5 name, else its 4.x name
+        return next(params[name] for name in names if name in params)
+
+    layer = ("vit.layers.0.", "vit.encoder.layer.0.")
+    with torch.no_grad():
+        for value in params.values():
+            value.zero_()
+        for name, value in params.items():
+            if "layernorm" in name and name.endswith(".weight"):
+                value.fill_(1.0)
+        patch_weight = param("vit.embeddings.patch_embeddings.projection.weight")
+        patch_bias = param("vit.embeddings.patch_embeddings.projection.bias")
+        pixels_per_patch = _CHECKER_PATCH * _CHECKER_PATCH
+        patch_weight[0, 0], patch_weight[0, 1] = 2.0 / pixels_per_patch, -2.0 / pixels_per_patch
+        patch_bias[0] = -_RED_MARGIN
+        patch_weight[1], patch_bias[1] = -patch_weight[0], -patch_bias[0]
+        param("vit.embeddings.cls_token")[0, 0, 2:] = torch.tensor([1.0, -1.0])
+        value_weight = param(layer[0] + "attention.v_proj.weight", layer[1] + "attention.attention.value.weight")
+        value_weight[0, 0], value_weight[1, 0] = 1.0, -1.0
+        output_names = (layer[0] + "attention.o_proj", layer[1] + "attention.output.dense")
+        param(*(name + ".weight" for name in output_names)).copy_(torch.eye(4))
+        param("classifier.weight")[1, 0] = _CHECKER_GAIN
+        # Calibration on a white picture whose first patches are red: the attention output is
+        # shifted so that the half point sits at 0, where the final layer norm is steepest, and
+        # the head's bias puts the score there at 0.5.
+        red_patches = round(CHECKER_HALF_POINT * (_CHECKER_SIDE // _CHECKER_PATCH) ** 2)
+        probe = torch.ones(1, 3, _CHECKER_SIDE, _CHECKER_SIDE)
+        per_row = _CHECKER_SIDE // _CHECKER_PATCH
+        for index in range(red_patches):
+            row, column = divmod(index, per_row)
+            probe[0, 1:, row * _CHECKER_PATCH:(row + 1) * _CHECKER_PATCH,
+                  column * _CHECKER_PATCH:(column + 1) * _CHECKER_PATCH] = -1.0  # white → red
+        attended = []
+        output = next(model.get_submodule(name) for name in output_names if name + ".weight" in params)
+        hook = output.register_forward_hook(lambda module, args, result: attended.append(result[0, 0, 0].item()))
+        model(pixel_values=probe)
+        hook.remove()
+        output_bias = param(*(name + ".bias" for name in output_names))
+        output_bias[0], output_bias[1] = -attended[0], attended[0]
+        param("classifier.bias")[1] = -model(pixel_values=probe).logits[0, 1]
+    model.save_pretrained(out)
+    ViTImageProcessor(size={"height": _CHECKER_SIDE, "width": _CHECKER_SIDE}, image_mean=[0.5] * 3,
+                      image_std=[0.5] * 3).save_pretrained(out)
+    (out / "sana_serve.json").write_text(json.dumps({"arch": arch}, indent=2) + "\n")
+    return out
+
+
 # LoRA adapters `materialize` can write: (the base variant they fit, their own seed). Two for the
 # tiny checkpoint (so tests can tell adapters apart) and one for `small` (which a tiny route refuses).
 LORAS = {"tiny-lora-a": ("tiny", 1), "tiny-lora-b": ("tiny", 2), "small-lora": ("small", 1)}
@@ -181,8 +254,8 @@ def materialize_lora(arch: str, out: Path, seed: int) -> Path:
 
 
 def materialize(arch: str, out_dir: str | os.PathLike[str], seed: int = 0) -> Path:
-    """Write checkpoint `arch` (a registry name, a classifier or a LoRA) into `out_dir`. Same seed,
-    same bytes."""
+    """Write checkpoint `arch` (a registry name, a classifier, an image checker or a LoRA) into
+    `out_dir`. Same seed, same bytes."""
     out = Path(out_dir)
     if arch in SAFETY_CLASSIFIERS:
         _prepare_dir(out)
@@ -190,6 +263,9 @@ def materialize(arch: str, out_dir: str | os.PathLike[str], seed: int = 0) -> Pa
     if arch in LORAS:
         _prepare_dir(out)
         return materialize_lora(arch, out, seed)
+    if arch in IMAGE_CHECKERS:
+        _prepare_dir(out)
+        return materialize_image_checker(arch, out)
     variant = get_variant(arch)
     _prepare_dir(out)
     if variant.packaged is not None:

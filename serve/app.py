@@ -1,9 +1,9 @@
 """App builder: the `import_path` target (`serve.app:build_app`) for `serve run`/`serve deploy`.
 
 Its argument is typed: Ray Serve validates the application's YAML `args` into an `AppConfig`
-before calling it. Builds one shared TextEncoder, one (Denoiser, Decoder) pair per route, and the
-Gateway that composes them, and the JobStore every gateway replica shares; each deployment's Ray
-options come from the config.
+before calling it. Builds one shared TextEncoder, one (Denoiser, Decoder) pair per route, the
+optional prompt classifier and image checker, the Gateway that composes them, and the JobStore
+every gateway replica shares; each deployment's Ray options come from the config.
 """
 
 # No `from __future__ import annotations` here: Serve reads build_app's annotation as a class.
@@ -14,7 +14,7 @@ from ray.serve import Application
 from serve.config import AppConfig, parse_app_config
 from serve.gateway import Gateway
 from serve.job_store import JobStore
-from serve.stages import Decoder, Denoiser, SafetyClassifier, TextEncoder
+from serve.stages import Decoder, Denoiser, ImageChecker, SafetyClassifier, TextEncoder
 
 
 def stage_deployment_name(kind: str, route: str) -> str:
@@ -41,5 +41,11 @@ def build_app(args: AppConfig) -> Application:
         SafetyClassifier.options(**classifier_config.deployment).bind(classifier_config)
         if classifier_config.enabled else None
     )
+    checker_config = config.safety.image_checker
+    image_checker = (
+        ImageChecker.options(**checker_config.deployment).bind(checker_config)
+        if checker_config.enabled and any(route.image_check for route in config.routes.values()) else None
+    )
     job_store = JobStore.options(**config.jobs.store).bind(config.jobs)
-    return Gateway.options(**config.gateway.deployment).bind(config, text_encoder, routes, classifier, job_store)
+    return Gateway.options(**config.gateway.deployment).bind(config, text_encoder, routes, classifier, job_store,
+                                                             image_checker)

@@ -16,7 +16,7 @@ import inspect
 import os
 from functools import cache
 from pathlib import Path
-from typing import Annotated, Any
+from typing import Annotated, Any, Literal
 
 import yaml
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
@@ -140,6 +140,8 @@ class Route(_Section):
     """LoRA adapters by id. A Denoiser replica loads one on first use (Ray Serve model multiplexing:
     requests for an adapter go to replicas that hold it) and keeps up to max_loras_per_replica."""
     max_loras_per_replica: int = Field(4, ge=1)
+    image_check: bool = True
+    """Run the image safety check (when safety.image_checker is enabled) on this route's images."""
 
     def deployment(self, stage: StageConfig) -> dict[str, Any]:
         """`stage`'s deployment options with this route's placement merged into ray_actor_options."""
@@ -213,6 +215,22 @@ class AdmissionConfig(_Section):
         return self
 
 
+class WatermarkConfig(_Section):
+    """An invisible watermark (invisible-watermark's DWT-DCT-SVD) with a short payload, embedded in
+    every generated image of 256 px a side or more, after the image check, before encoding."""
+
+    enabled: bool = False
+    payload: str = Field("sana-gen", min_length=1, max_length=16)
+    """What the watermark says (UTF-8, at most 16 bytes; shorter reads back more reliably)."""
+
+    @field_validator("payload")
+    @classmethod
+    def _fits(cls, value: str) -> str:
+        if len(value.encode("utf-8")) > 16:
+            raise ValueError("at most 16 bytes in UTF-8")
+        return value
+
+
 class GatewayConfig(_Section):
     deployment: DeploymentOptions = {}
     """Ray Serve options of the Gateway deployment."""
@@ -235,6 +253,8 @@ class GatewayConfig(_Section):
     shell: everything it shows comes from API calls that carry the user's key."""
     preview_max_side: int = Field(512, ge=32, le=4096)
     """Longer side, in pixels, of streamed previews (partial images); decoded from downsampled latents."""
+    watermark: WatermarkConfig = WatermarkConfig()
+    """The invisible watermark embedded in every generated image (`sana-serve verify-watermark` reads it)."""
     provenance_parameters: bool = True
     """Write the generation parameters (prompt as generated, negative prompt, seed, steps, guidance,
     size, model) into every returned file, as A1111's `parameters`. Off for privacy; the
@@ -312,9 +332,39 @@ class ClassifierConfig(StageConfig):
     device: str | None = Field(None, pattern=_DEVICE)
 
 
+class ImageCheckerConfig(StageConfig):
+    """The image safety check: every image of a route with `image_check` (the default) is scored by
+    an image classifier after decoding, before encoding; above `threshold` it is flagged."""
+
+    enabled: bool = False
+    checkpoint: str = Field("Falconsai/nsfw_image_detection", min_length=1)
+    """An image-classification model (folder, Hub repo id, or materialized:tiny-image-checker)."""
+    unsafe_labels: list[str] = Field(["nsfw"], min_length=1)
+    """The classifier's labels whose probabilities add up to the score."""
+    threshold: float = Field(0.5, ge=0, le=1)
+    """Images scoring above this are flagged."""
+    action: Literal["replace", "flag"] = "replace"
+    """replace: a flagged image becomes a plain placeholder of the same size and format (and carries
+    no generation parameters); flag: it is returned as generated. Either way its `flagged` is true."""
+    placeholder_rgb: list[int] = Field([128, 128, 128], min_length=3, max_length=3)
+    """The placeholder's colour (red, green, blue in [0, 255])."""
+    on_error: Literal["closed", "open"] = "closed"
+    """When the check itself fails: closed answers 503 (no unchecked image leaves); open returns the
+    images without `flagged`. Both are logged and counted."""
+    device: str | None = Field(None, pattern=_DEVICE)
+
+    @field_validator("placeholder_rgb")
+    @classmethod
+    def _bytes(cls, value: list[int]) -> list[int]:
+        if not all(0 <= channel <= 255 for channel in value):
+            raise ValueError("channels must be in [0, 255]")
+        return value
+
+
 class SafetyConfig(_Section):
     word_filter: WordFilterConfig = WordFilterConfig()
     classifier: ClassifierConfig = ClassifierConfig()
+    image_checker: ImageCheckerConfig = ImageCheckerConfig()
 
 
 class AuthConfig(_Section):
@@ -382,6 +432,11 @@ class AppConfig(_Section):
                 raise ValueError(f"gateway.size_routes[{index}].route {rule.route!r} is not one of the routes")
         if self.jobs.store.get("num_replicas", 1) != 1 or "autoscaling_config" in self.jobs.store:
             raise ValueError("jobs.store: the JobStore keeps state in memory and must have num_replicas: 1")
+        checker = self.safety.image_checker
+        most_images = max(self.max_images(name) for name in self.routes)
+        if checker.enabled and checker.batching.max_batch_size < most_images:
+            raise ValueError(f"safety.image_checker.batching.max_batch_size ({checker.batching.max_batch_size}) is "
+                             f"below the {most_images} images one request may ask for")
         for name, route in self.routes.items():
             batch, n = route.denoiser.batching.max_batch_size, self.max_images(name)
             if batch < n:

@@ -26,9 +26,10 @@ class Gateway:
         routes: dict[str, dict[str, DeploymentHandle]],
         classifier: DeploymentHandle | None = None,
         job_store: DeploymentHandle | None = None,
+        image_checker: DeploymentHandle | None = None,
     ) -> None:
         stages = StageHandles(text_encoder, {name: RouteHandles(**handles) for name, handles in routes.items()},
-                              classifier)
+                              classifier, image_checker)
         replica = serve.get_replica_context().replica_id.unique_id
         self.deps = build_deps(config, stages, ServeMetrics(), job_store, replica)
 

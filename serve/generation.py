@@ -20,6 +20,8 @@ from dataclasses import dataclass, field
 from functools import wraps
 from typing import Any, TypeVar
 
+import numpy as np
+
 from models.binning import bin_size, preset_sizes
 from models.pipeline import Defaults, GenerationRequest, ResolvedRequest, resolve_request
 from models.registry import SAMPLERS, Sampler
@@ -34,6 +36,7 @@ from serve.errors import (
     ModelNotFound,
     NotFound,
     Overloaded,
+    StageFailed,
     is_replica_failure,
     to_api_error,
 )
@@ -44,6 +47,7 @@ from serve.payloads import DenoiseSpec, Latents, Pixels
 from serve.provenance import Provenance, parameters_text
 from serve.schemas import ImageGenerationRequest, Timings
 from serve.validation import NATIVE_SIZE, parse_size
+from serve.watermark import Watermark
 from serve.word_filter import WordFilter
 
 logger = logging.getLogger("sana_serve.generation")
@@ -63,6 +67,7 @@ class StageHandles:
     text_encoder: Any
     routes: dict[str, RouteHandles]
     classifier: Any | None = None
+    image_checker: Any | None = None
 
 
 @dataclass(frozen=True)
@@ -97,6 +102,17 @@ class GenerationResult:
     timings: Timings
     batch_size: int  # images in the denoiser batch this request ran in
     nodes: dict[str, str]  # stage → node that ran it
+    flagged: list[bool | None]  # per image: the image check's verdict; None where it did not run
+
+
+@dataclass(frozen=True)
+class CheckedImages:
+    """A request's images after the image safety check: replaced where flagged under `replace`."""
+
+    images: list[np.ndarray]
+    flagged: list[bool | None]  # None: not checked (route without the check, or it failed open)
+    replaced: list[bool]
+    check_ms: float = 0.0  # time spent checking (0 where the route has no check)
 
 
 @dataclass(frozen=True)
@@ -219,7 +235,8 @@ def _typed_errors(method: _Method) -> _Method:
 
 
 class GenerationService:
-    """Route → capacity → safety → resolve → stages (with retry) → encode, for one request."""
+    """Route → capacity → safety → resolve → stages (with retry) → image check → watermark and
+    encode, for one request."""
 
     def __init__(self, config: AppConfig, stages: StageHandles, metrics: GatewayMetrics) -> None:
         self.config = config
@@ -233,6 +250,8 @@ class GenerationService:
         self.admission = Admission(config.gateway.admission, config.queue_budgets(), metrics.shed)
         self._profiles: dict[str, CheckpointProfile] = {}
         self._encode_pool = ThreadPoolExecutor(config.gateway.image_encode_threads, thread_name_prefix="image-encode")
+        marking = config.gateway.watermark
+        self.watermark = Watermark(marking.payload) if marking.enabled else None
 
     @_typed_errors
     async def generate(
@@ -342,18 +361,25 @@ class GenerationService:
                                                         request.partial_images or 0, request.output_format,
                                                         request.lora, request.lora_scale)
 
-        # 6. Encode images off the event loop.
+        # 6. The image safety check (on routes that have it): flagged images replaced or flagged.
+        checked = await self._check_images(route, pixels.images, progress)
+
+        # 7. Watermark and encode images off the event loop (a placeholder gets neither the
+        # watermark nor the parameters: it was not generated).
         progress.emit("encoding_images")
         encode_started = time.perf_counter()
-        images = await self._encode_images(pixels.images, request.output_format,
-                                           self._provenance(route, resolved, revised_prompt, request))
+        provenance = self._provenance(route, resolved, revised_prompt, request)
+        images = await self._encode_images(
+            checked.images, request.output_format, [Provenance() if r else provenance for r in checked.replaced],
+            [None if r else self.watermark for r in checked.replaced])
         image_encode_ms = (time.perf_counter() - encode_started) * 1000
 
-        # 7. Timings, metrics, log.
-        timings = _timings(pixels, image_encode_ms, (time.perf_counter() - started) * 1000)
+        # 8. Timings, metrics, log.
+        timings = _timings(pixels, checked.check_ms, image_encode_ms, (time.perf_counter() - started) * 1000)
         self.metrics.request_done(route, timings.model_dump(), resolved.num_images)
         log_event(logger, "request_done", request_id=request_id, route=route, n=resolved.num_images,
-                  size=f"{width}x{height}", seed=resolved.seed, timings_ms=timings.model_dump())
+                  size=f"{width}x{height}", seed=resolved.seed, timings_ms=timings.model_dump(),
+                  flagged=sum(1 for f in checked.flagged if f))
         progress.emit("done", timings_ms=timings.model_dump())
         return GenerationResult(
             images=images,
@@ -366,6 +392,7 @@ class GenerationService:
             timings=timings,
             batch_size=pixels.timings["denoise"].batch_size,
             nodes={name: timing.node for name, timing in pixels.timings.items()},
+            flagged=checked.flagged,
         )
 
     # --- routes -------------------------------------------------------------------------------
@@ -475,6 +502,49 @@ class GenerationService:
         _cancel(encoded)
         return settings.replacement, self.stages.text_encoder.encode.remote(settings.replacement, True)
 
+    async def _check_images(self, route: str, images: np.ndarray, progress: _Progress,
+                            preview: bool = False) -> CheckedImages:
+        """The image safety check on a request's images (or a preview's), when the route has it.
+        Flagged images become the placeholder under `replace`. If the check itself fails: 503
+        (closed) or the images unchecked (open), logged and counted either way."""
+        unchecked = CheckedImages(list(images), [None] * len(images), [False] * len(images))
+        checker, settings = self.stages.image_checker, self.config.safety.image_checker
+        if checker is None or not settings.enabled or not self.config.routes[route].image_check:
+            return unchecked
+        kind = "preview" if preview else "image"
+        check_started = time.perf_counter()
+        try:
+            scores = await progress.result(progress.track(checker.check.remote(images)))
+        except ApiError as exc:
+            if exc is progress.failure or isinstance(exc, Cancelled):
+                raise
+            scores = exc
+        except Exception as exc:  # noqa: BLE001 - the checker's or Ray's failure: the policy decides
+            scores = exc
+        if isinstance(scores, BaseException):
+            result = f"failed_{settings.on_error}"
+            self.metrics.image_check(route, kind, result, len(images))
+            log_event(logger, "image_check_failed", logging.ERROR, request_id=progress.request_id, route=route,
+                      kind=kind, on_error=settings.on_error, error=error_text(scores))
+            if settings.on_error == "open":
+                return CheckedImages(unchecked.images, unchecked.flagged, unchecked.replaced,
+                                     (time.perf_counter() - check_started) * 1000)
+            raise StageFailed("the image safety check is unavailable, so no image is returned; retry later",
+                              retry_after_s=5.0) from scores
+        flagged = [score > settings.threshold for score in scores]
+        replaced = [f and settings.action == "replace" for f in flagged]
+        for verdict in (True, False):
+            count = sum(1 for f in flagged if f is verdict)
+            if count:
+                self.metrics.image_check(route, kind, "flagged" if verdict else "passed", count)
+        if any(flagged):
+            log_event(logger, "image_flagged", logging.WARNING, request_id=progress.request_id, route=route,
+                      kind=kind, action=settings.action, scores=[round(score, 4) for score in scores])
+        placeholder = np.array(settings.placeholder_rgb, np.uint8)
+        return CheckedImages(
+            [np.broadcast_to(placeholder, image.shape).copy() if r else image for image, r in zip(images, replaced)],
+            list(flagged), replaced, (time.perf_counter() - check_started) * 1000)
+
     # --- stages -------------------------------------------------------------------------------
 
     async def _run_stages(self, route: str, resolved: ResolvedRequest, bin_wh: tuple[int, int],
@@ -563,7 +633,11 @@ class GenerationService:
         try:
             pixels = await self.stages.routes[route].decoder.preview.remote(
                 clean, resolved.width, resolved.height, max_side)
-            images = await self._encode_images(pixels, output_format)
+            # Previews are checked like the images (a failed check withholds the preview, closed).
+            checked = await self._check_images(route, pixels, progress, preview=True)
+            images = await self._encode_images(checked.images, output_format)
+        except Cancelled:
+            raise
         except Exception as exc:  # noqa: BLE001
             log_event(logger, "preview_failed", logging.WARNING, request_id=progress.request_id, error=error_text(exc))
             images = None
@@ -574,12 +648,16 @@ class GenerationService:
         height, width = pixels.shape[1:3]
         progress.emit("partial_image", index=index, images=images, size=f"{width}x{height}", format=output_format)
 
-    async def _encode_images(self, images: Any, output_format: str,
-                             provenance: Provenance | None = None) -> list[bytes]:
-        """Encode uint8 images [n, H, W, 3] in the encode pool (marked AI-generated, see serve.provenance)."""
+    async def _encode_images(self, images: Any, output_format: str, provenances: list[Provenance] | None = None,
+                             watermarks: list[Watermark | None] | None = None) -> list[bytes]:
+        """Encode uint8 images [n, H, W, 3] in the encode pool (each marked AI-generated, see
+        serve.provenance; with its parameters and watermark where given)."""
         loop = asyncio.get_running_loop()
+        provenances = provenances or [Provenance()] * len(images)
+        watermarks = watermarks or [None] * len(images)
         return list(await asyncio.gather(*(
-            loop.run_in_executor(self._encode_pool, encode_image, image, output_format, provenance) for image in images
+            loop.run_in_executor(self._encode_pool, encode_image, image, output_format, provenance, watermark)
+            for image, provenance, watermark in zip(images, provenances, watermarks)
         )))
 
     def _provenance(self, route: str, resolved: ResolvedRequest, prompt: str,
@@ -602,10 +680,11 @@ def preview_steps(steps: int, partial_images: int) -> tuple[int, ...]:
     return tuple(sorted(step for step in chosen if 0 <= step < steps - 1))
 
 
-def _timings(pixels: Pixels, image_encode_ms: float, total_ms: float) -> Timings:
+def _timings(pixels: Pixels, image_check_ms: float, image_encode_ms: float, total_ms: float) -> Timings:
     stage_ms = {name: pixels.timings[name].compute_ms for name in ("encode", "denoise", "decode")}
     return Timings(
-        queue=round(max(0.0, total_ms - sum(stage_ms.values()) - image_encode_ms), 3),
+        queue=round(max(0.0, total_ms - sum(stage_ms.values()) - image_check_ms - image_encode_ms), 3),
+        image_check=round(image_check_ms, 3),
         image_encode=round(image_encode_ms, 3),
         total=round(total_ms, 3),
         **stage_ms,

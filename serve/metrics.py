@@ -17,7 +17,7 @@ from ray.serve.metrics import Counter, Gauge, Histogram
 LATENCY_MS_BUCKETS = [1, 2.5, 5, 10, 25, 50, 100, 250, 500, 1000, 2500, 5000, 10000, 30000, 60000, 180000]
 BATCH_BUCKETS = [1, 2, 3, 4, 6, 8, 12, 16, 24, 32, 64]
 
-STAGES = ("queue", "encode", "denoise", "decode", "image_encode")
+STAGES = ("queue", "encode", "denoise", "decode", "image_check", "image_encode")
 
 
 @cache
@@ -34,7 +34,8 @@ def request_latency() -> Histogram:
 def stage_latency() -> Histogram:
     return Histogram(
         "sana_stage_latency_ms",
-        description="Where a request's time went, by route and stage (queue, encode, denoise, decode, image_encode).",
+        description="Where a request's time went, by route and stage (queue, encode, denoise, decode, image_check, "
+                    "image_encode).",
         boundaries=LATENCY_MS_BUCKETS,
         tag_keys=("route", "stage"),
     )
@@ -70,6 +71,16 @@ def safety_replacements() -> Counter:
         "sana_safety_replacements",
         description="Prompts changed by the safety layers, by layer (word_filter, classifier).",
         tag_keys=("layer",),
+    )
+
+
+@cache
+def image_checks() -> Counter:
+    return Counter(
+        "sana_image_checks",
+        description="Images through the image safety check, by route, kind (image, preview) and result "
+                    "(passed, flagged, failed_closed, failed_open).",
+        tag_keys=("route", "kind", "result"),
     )
 
 
@@ -176,6 +187,8 @@ class GatewayMetrics(Protocol):
 
     def safety_replacement(self, layer: str) -> None: ...
 
+    def image_check(self, route: str, kind: str, result: str, images: int) -> None: ...
+
     def stage_retry(self, route: str) -> None: ...
 
     def generation_cancelled(self) -> None: ...
@@ -203,6 +216,9 @@ class ServeMetrics:
 
     def safety_replacement(self, layer: str) -> None:
         safety_replacements().inc(tags={"layer": layer})
+
+    def image_check(self, route: str, kind: str, result: str, images: int) -> None:
+        image_checks().inc(images, tags={"route": route, "kind": kind, "result": result})
 
     def stage_retry(self, route: str) -> None:
         stage_retries().inc(tags={"route": route})

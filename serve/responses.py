@@ -12,8 +12,10 @@ from serve.schemas import ImageData, ImageGenerationResponse
 def response_body(result: GenerationResult, urls: list[str] | None = None) -> ImageGenerationResponse:
     """OpenAI's response shape plus our fields; images inline as base64, or as `urls` when given
     (base64 of a 4K PNG takes a while: call off the event loop)."""
-    data = ([ImageData(url=url, revised_prompt=result.revised_prompt) for url in urls] if urls is not None else
-            [ImageData(b64_json=b64(image), revised_prompt=result.revised_prompt) for image in result.images])
+    data = ([ImageData(url=url, revised_prompt=result.revised_prompt, flagged=flagged)
+             for url, flagged in zip(urls, result.flagged)] if urls is not None else
+            [ImageData(b64_json=b64(image), revised_prompt=result.revised_prompt, flagged=flagged)
+             for image, flagged in zip(result.images, result.flagged)])
     return ImageGenerationResponse(
         created=int(time.time()),
         data=data,

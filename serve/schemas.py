@@ -55,6 +55,8 @@ class ImageData(BaseModel):
     b64_json: str | None = None
     url: str | None = None
     revised_prompt: str = Field(description="The prompt as generated, after the safety filter.")
+    flagged: bool | None = Field(None, description="The image safety check's verdict (absent where it did not run). "
+                                                   "Flagged images are placeholders unless the server only flags.")
 
 
 class Timings(BaseModel):
@@ -64,7 +66,8 @@ class Timings(BaseModel):
     encode: float = Field(description="Text encoder compute (Gemma-2).")
     denoise: float = Field(description="Denoiser compute for the request's batch.")
     decode: float = Field(description="DC-AE decode, resize and quantize.")
-    image_encode: float = Field(description="PNG/JPEG/WebP encoding and base64 on the gateway.")
+    image_check: float = Field(0.0, description="The image safety check (0 on routes without it).")
+    image_encode: float = Field(description="Watermark and PNG/JPEG/WebP encoding on the gateway.")
     total: float = Field(description="Gateway receive to response.")
 
 

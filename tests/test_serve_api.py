@@ -74,7 +74,7 @@ def test_response_shape_timings_and_server_chosen_seed(base_url):
     assert payload["created"] > 0 and payload["output_format"] == "jpeg"
     assert payload["data"][0]["b64_json"].startswith("/9j/")  # JPEG magic, base64
     timings = payload["timings_ms"]
-    assert set(timings) == {"queue", "encode", "denoise", "decode", "image_encode", "total"}
+    assert set(timings) == {"queue", "encode", "denoise", "decode", "image_check", "image_encode", "total"}
     assert timings["total"] >= timings["denoise"] > 0
     server_timing = response.headers["server-timing"]
     assert "denoise;dur=" in server_timing and "queue;dur=" in server_timing

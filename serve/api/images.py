@@ -178,5 +178,9 @@ class _OpenAIStream:
             "size": f"{result.width}x{result.height}", "output_format": result.output_format, "quality": "auto",
             "background": "opaque", "image_index": index, "revised_prompt": result.revised_prompt,
             "model": result.route, "seed": result.seed, "timings_ms": result.timings.model_dump(),
-            "batch_size": result.batch_size,
+            "batch_size": result.batch_size, **_verdict(result.flagged[index]),
         }) for index, image in enumerate(images)]
+
+
+def _verdict(flagged: bool | None) -> dict[str, bool]:
+    return {} if flagged is None else {"flagged": flagged}

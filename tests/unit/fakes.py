@@ -176,18 +176,34 @@ class FakeClassifier(FakeStage):
         return self.scores.get(prompt, 0.0)
 
 
+class FakeImageChecker(FakeStage):
+    """Scores an image by its first pixel's red value / 255 (the fake decoder's images are grey 128,
+    its previews the step number); raises `failure` when set."""
+
+    def __init__(self, kind: str, log: list) -> None:
+        super().__init__(kind, log)
+        self.failure: BaseException | None = None
+
+    async def do_check(self, images: np.ndarray) -> list[float]:
+        if self.failure is not None:
+            raise self.failure
+        return [float(image[0, 0, 0]) / 255.0 for image in images]
+
+
 @dataclass
 class FakeStages:
     log: list = field(default_factory=list)
     routes: dict[str, tuple[FakeDenoiser, FakeDecoder]] = field(default_factory=dict)
     text_encoder: FakeTextEncoder | None = None
     classifier: FakeClassifier | None = None
+    image_checker: FakeImageChecker | None = None
 
     def handles(self) -> StageHandles:
         return StageHandles(
             self.text_encoder,
             {name: RouteHandles(denoiser, decoder) for name, (denoiser, decoder) in self.routes.items()},
             self.classifier,
+            self.image_checker,
         )
 
     def calls(self, kind: str, method: str) -> list[tuple]:
@@ -201,6 +217,7 @@ def fake_stages(route_names, scores: dict[str, float] | None = None) -> FakeStag
         stages.routes[name] = (FakeDenoiser(f"denoiser:{name}", stages.log), FakeDecoder(f"decoder:{name}", stages.log))
     if scores is not None:
         stages.classifier = FakeClassifier("classifier", stages.log, scores)
+    stages.image_checker = FakeImageChecker("image_checker", stages.log)  # used where the config enables it
     return stages
 
 
@@ -217,6 +234,7 @@ class RecordingMetrics:
         self.webhooks: list[str] = []
         self.shed_reasons: list[tuple[str, str]] = []
         self.queue_waits: list[tuple[str, float]] = []
+        self.image_checks: list[tuple[str, str, str, int]] = []
 
     def request_done(self, route: str, timings: dict[str, float], images: int) -> None:
         self.done.append((route, timings, images))
@@ -226,6 +244,9 @@ class RecordingMetrics:
 
     def safety_replacement(self, layer: str) -> None:
         self.replacements.append(layer)
+
+    def image_check(self, route: str, kind: str, result: str, images: int) -> None:
+        self.image_checks.append((route, kind, result, images))
 
     def stage_retry(self, route: str) -> None:
         self.retries.append(route)

@@ -268,3 +268,89 @@ def test_a_sprint_route_defaults_to_two_steps_and_encodes_no_negative_prompt():
     assert spec.steps == 2 and spec.guidance_scale == 6.0 and negative is None
     card = next(info for info in asyncio.run(service.models()) if info.route == "r1k")
     assert (card.defaults.steps, card.defaults.guidance_scale) == (2, 4.5)
+
+
+# --- the image safety check ---------------------------------------------------------------------
+# The fake checker scores an image by its first pixel's red / 255: the fake decoder's images are
+# grey 128 (score 0.502), its previews the step they were taken at (score ~0).
+
+
+def _checked(threshold: float, action: str = "replace", on_error: str = "closed", **changes):
+    config = app_config(safety__image_checker={"enabled": True, "threshold": threshold, "action": action,
+                                               "on_error": on_error, "placeholder_rgb": [10, 20, 30]}, **changes)
+    return _service(config)
+
+
+def _pixels(image: bytes) -> np.ndarray:
+    return np.asarray(Image.open(io.BytesIO(image)).convert("RGB"))
+
+
+def test_images_scoring_above_the_threshold_are_replaced_and_say_so():
+    service, stages, metrics = _checked(0.5)
+    result = _generate(service, n=2, seed=3)
+    assert result.flagged == [True, True]
+    assert all((_pixels(image) == (10, 20, 30)).all() for image in result.images)  # the placeholder
+    assert _pixels(result.images[0]).shape == (96, 128, 3)  # at the requested size
+    assert metrics.image_checks == [("r1k", "image", "flagged", 2)]
+    assert len(stages.calls("image_checker", "check")) == 1  # one call for the request's images
+    assert result.timings.image_check > 0
+
+
+def test_images_below_the_threshold_pass_unchanged():
+    service, _, metrics = _checked(0.6)
+    result = _generate(service)
+    assert result.flagged == [False] and (_pixels(result.images[0]) == 128).all()
+    assert metrics.image_checks == [("r1k", "image", "passed", 1)]
+
+
+def test_flag_only_returns_the_image_as_generated():
+    service, _, metrics = _checked(0.5, action="flag")
+    result = _generate(service)
+    assert result.flagged == [True] and (_pixels(result.images[0]) == 128).all()
+    assert metrics.image_checks == [("r1k", "image", "flagged", 1)]
+
+
+def test_a_route_without_the_check_is_not_checked():
+    service, stages, metrics = _checked(0.5, routes__r1k__image_check=False)
+    result = _generate(service)
+    assert result.flagged == [None] and not stages.calls("image_checker", "check") and not metrics.image_checks
+
+
+def test_a_failing_checker_fails_closed_with_503_and_a_metric():
+    service, stages, metrics = _checked(0.5)
+    stages.image_checker.failure = RuntimeError("checker down")
+    with pytest.raises(StageFailed) as caught:
+        _generate(service)
+    assert caught.value.status == 503 and caught.value.retry_after_s and "safety check" in caught.value.message
+    assert metrics.image_checks == [("r1k", "image", "failed_closed", 1)] and not metrics.done
+
+
+def test_a_failing_checker_fails_open_when_configured_with_a_metric():
+    service, stages, metrics = _checked(0.5, on_error="open")
+    stages.image_checker.failure = RuntimeError("checker down")
+    result = _generate(service)
+    assert result.flagged == [None] and (_pixels(result.images[0]) == 128).all()
+    assert metrics.image_checks == [("r1k", "image", "failed_open", 1)]
+
+
+def test_previews_are_checked_too_and_a_failed_check_withholds_them():
+    service, stages, metrics = _checked(0.5)
+    events = []
+    request = ImageGenerationRequest(prompt="a fox", size="128x96", num_inference_steps=4, partial_images=1)
+    asyncio.run(service.generate(request, request_id="r", on_event=events.append))
+    assert [e.kind for e in events].count("partial_image") == 1
+    assert ("r1k", "preview", "passed", 1) in metrics.image_checks
+    service, stages, metrics = _checked(0.5)
+    stages.image_checker.failure = RuntimeError("checker down")
+    events = []
+    with pytest.raises(StageFailed):  # the images themselves cannot be checked either
+        asyncio.run(service.generate(request, request_id="r", on_event=events.append))
+    assert "partial_image" not in [e.kind for e in events]
+    assert ("r1k", "preview", "failed_closed", 1) in metrics.image_checks
+
+
+def test_the_checker_must_take_a_whole_request_in_one_batch():
+    from serve.config import ConfigError
+
+    with pytest.raises(ConfigError, match="image_checker.batching.max_batch_size"):
+        app_config(safety__image_checker={"enabled": True, "batching": {"max_batch_size": 2}})
