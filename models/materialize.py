@@ -156,12 +156,14 @@ def materialize_safety_classifier(arch: str, out: Path, seed: int) -> Path:
 # Image-checker stand-ins `materialize` can write: the real model class of the default checker (a ViT
 # image classifier with `normal`/`nsfw` labels and its image processor) at toy size.
 IMAGE_CHECKERS = {"tiny-image-checker"}
-_CHECKER_SIDE, _CHECKER_PATCH = 64, 8
-# Its concept: red. A patch counts as red when mean(2R - 2G) over it, in the processor's [-1, 1]
-# scale, is above this (the shapes world's red scores 3.06; orange 1.8, purple 1.4, yellow 0.5).
-_RED_MARGIN = 2.3
-_CHECKER_GAIN = 40.0  # logit slope: the score goes from ~0 to ~1 over a few percent of red patches
-CHECKER_HALF_POINT = 0.05  # fraction of red patches at which the stand-in scores 0.5
+_CHECKER_SIDE, _CHECKER_PATCH = 64, 4
+# Its concept: red. A patch counts as red when R - 2G (0-255 scale) averages above 90 over it: red
+# (225, 30, 30) and the shapes model's darker red (173, 17, 34) score 165 and 139; orange 49 (or
+# -25), purple 40, yellow, white, blue and black 0 or less. In the processor's [-1, 1] scale
+# (x/127.5 - 1) that is r - 2g > 1 + 90/127.5.
+_RED_MARGIN = 1.0 + 90 / 127.5
+_CHECKER_GAIN = 80.0  # logit slope: the score goes from ~0 to ~1 over a few percent of red patches
+CHECKER_HALF_POINT = 0.015  # fraction of red patches at which the stand-in scores 0.5
 
 
 def materialize_image_checker(arch: str, out: Path) -> Path:
@@ -174,7 +176,7 @@ def materialize_image_checker(arch: str, out: Path) -> Path:
     from transformers import ViTConfig, ViTForImageClassification, ViTImageProcessor
 
     config = ViTConfig(hidden_size=4, num_hidden_layers=1, num_attention_heads=1, intermediate_size=4,
-                       image_size=_CHECKER_SIDE, patch_size=_CHECKER_PATCH, layer_norm_eps=0.01,
+                       image_size=_CHECKER_SIDE, patch_size=_CHECKER_PATCH, layer_norm_eps=1e-4,
                        id2label={0: "normal", 1: "nsfw"}, label2id={"normal": 0, "nsfw": 1})
     model = ViTForImageClassification(config).eval()
     params = dict(model.named_parameters())
@@ -192,7 +194,7 @@ def materialize_image_checker(arch: str, out: Path) -> Path:
         patch_weight = param("vit.embeddings.patch_embeddings.projection.weight")
         patch_bias = param("vit.embeddings.patch_embeddings.projection.bias")
         pixels_per_patch = _CHECKER_PATCH * _CHECKER_PATCH
-        patch_weight[0, 0], patch_weight[0, 1] = 2.0 / pixels_per_patch, -2.0 / pixels_per_patch
+        patch_weight[0, 0], patch_weight[0, 1] = 1.0 / pixels_per_patch, -2.0 / pixels_per_patch
         patch_bias[0] = -_RED_MARGIN
         patch_weight[1], patch_bias[1] = -patch_weight[0], -patch_bias[0]
         param("vit.embeddings.cls_token")[0, 0, 2:] = torch.tensor([1.0, -1.0])

@@ -208,7 +208,8 @@ def get_variant(name: str) -> Variant:
     except KeyError:
         known = ", ".join(sorted(VARIANTS))
         raise UnknownVariantError(
-            f"unknown architecture {name!r}; known: {known}, tiny-shieldgemma, tiny-lora-a, tiny-lora-b, small-lora"
+            f"unknown architecture {name!r}; known: {known}, tiny-shieldgemma, tiny-image-checker, tiny-lora-a, "
+            "tiny-lora-b, small-lora"
         ) from None
 
 

@@ -1,4 +1,5 @@
-"""`sana-serve` command line: materialize offline checkpoints, generate in-process.
+"""`sana-serve` command line: materialize offline checkpoints, generate in-process, serve, and read
+back a served image's invisible watermark.
 
 Heavy imports (torch, diffusers) happen inside the commands so `--help` stays instant.
 """
@@ -20,8 +21,9 @@ def _add_materialize(commands: argparse._SubParsersAction) -> None:
         help="write a diffusers-format checkpoint with deterministic random weights (offline)",
         description="ARCH is a registry name: tiny, tiny-4k, tiny-1.5, tiny-sprint (random, for tests), shapes, "
                     "shapes-4k (the shipped trained model), a real architecture such as sana-1600m-1024, "
-                    "sana-1.5-4800m-1024 or sana-sprint-1600m-1024 (random weights, real size), tiny-shieldgemma, or "
-                    "a LoRA adapter: tiny-lora-a, tiny-lora-b, small-lora.",
+                    "sana-1.5-4800m-1024 or sana-sprint-1600m-1024 (random weights, real size), tiny-shieldgemma, "
+                    "tiny-image-checker (the image safety check's stand-in: it flags red), or a LoRA adapter: "
+                    "tiny-lora-a, tiny-lora-b, small-lora.",
     )
     parser.add_argument("arch")
     parser.add_argument("dir", type=Path)
@@ -60,6 +62,68 @@ def _add_run(commands: argparse._SubParsersAction) -> None:
     parser.add_argument("--metrics-port", type=int, default=8080,
                         help="Ray's Prometheus metrics port when starting a local Ray (default 8080)")
     parser.set_defaults(handler=_run)
+
+
+def _add_verify_watermark(commands: argparse._SubParsersAction) -> None:
+    parser = commands.add_parser(
+        "verify-watermark",
+        help="read the invisible watermark of an image the server returned",
+        description="Prints what the watermark says, how many of its bits match the expected payload, and the "
+                    "chance that an unmarked image matches that many. Exit status 0 when that chance is below one "
+                    "in a million (the image carries the watermark), 1 when not.",
+    )
+    parser.add_argument("file", type=Path)
+    parser.add_argument("--payload", help="the expected payload (default: the one in --config)")
+    parser.add_argument("--config", type=Path,
+                        help="a Serve config whose gateway.watermark.payload to expect (default: serve_config.yaml's "
+                             "own default payload)")
+    parser.add_argument("--size", help="WIDTHxHEIGHT to scale the image to first: the size it was generated at, "
+                                       "for a copy that was resized since")
+    parser.set_defaults(handler=_verify_watermark)
+
+
+def _expected_payload(args: argparse.Namespace) -> str:
+    from serve.config import WatermarkConfig, load_serve_config, parse_app_config
+
+    if args.payload is not None:
+        return args.payload
+    if args.config is None:
+        return WatermarkConfig().payload
+    app = load_serve_config(args.config)["applications"][0]
+    return parse_app_config(app.get("args")).gateway.watermark.payload
+
+
+def _verify_watermark(args: argparse.Namespace) -> int:
+    import json
+
+    import numpy as np
+    from PIL import Image, UnidentifiedImageError
+
+    from serve.errors import ApiError
+    from serve.validation import parse_size
+    from serve.watermark import chance_of_match, detected, matching_bits, read_watermark
+
+    expected = _expected_payload(args).encode("utf-8")
+    try:
+        image = Image.open(args.file).convert("RGB")
+    except (OSError, UnidentifiedImageError) as exc:
+        print(f"error: cannot read {args.file} as an image: {exc}", file=sys.stderr)
+        return 2
+    if args.size:
+        try:
+            size = parse_size(args.size)
+        except ApiError as exc:
+            print(f"error: --size: {exc.message}", file=sys.stderr)
+            return 2
+        image = image.resize(size, Image.Resampling.BICUBIC)
+    found = read_watermark(np.asarray(image), len(expected))
+    match = detected(found, expected)
+    print(json.dumps({"file": str(args.file), "expected": expected.decode("utf-8"),
+                      "found": found.decode("utf-8", errors="replace"),
+                      "matching_bits": f"{matching_bits(found, expected)}/{8 * len(expected)}",
+                      "chance_of_match": float(f"{chance_of_match(found, expected):.3g}"), "match": match},
+                     ensure_ascii=False))
+    return 0 if match else 1
 
 
 def _run(args: argparse.Namespace) -> int:
@@ -117,6 +181,7 @@ def build_parser() -> argparse.ArgumentParser:
     _add_materialize(commands)
     _add_generate(commands)
     _add_run(commands)
+    _add_verify_watermark(commands)
     return parser
 
 

@@ -82,6 +82,12 @@ def ray_serve():
 
 
 @pytest.fixture(scope="session")
+def shapes_checkpoint(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The shipped shapes model (a copy of the package data)."""
+    return _materialized(tmp_path_factory, "shapes")
+
+
+@pytest.fixture(scope="session")
 def tiny_4k_checkpoint(tmp_path_factory: pytest.TempPathFactory) -> Path:
     from models.materialize import materialize
 

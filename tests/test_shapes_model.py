@@ -21,13 +21,6 @@ APP = "sana-shapes-model"
 
 
 @pytest.fixture(scope="module")
-def shapes_checkpoint(tmp_path_factory) -> Path:
-    from models.materialize import materialize
-
-    return materialize("shapes", tmp_path_factory.mktemp("shapes"))
-
-
-@pytest.fixture(scope="module")
 def shapes_reference(shapes_checkpoint):
     from diffusers import SanaPipeline
 
