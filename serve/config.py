@@ -231,6 +231,19 @@ class WatermarkConfig(_Section):
         return value
 
 
+class C2paConfig(_Section):
+    """C2PA Content Credentials: every returned file gets a manifest signed with this certificate."""
+
+    certificate_chain_file: str = Field(min_length=1)
+    """PEM file: the signing certificate first, then its intermediates (not the root)."""
+    private_key_file: str = Field(min_length=1)
+    """PEM file with the signing certificate's private key (mount it from a secret)."""
+    algorithm: Literal["es256", "es384", "es512", "ps256", "ps384", "ps512", "ed25519"] = "es256"
+    """The key's signature algorithm."""
+    timestamp_url: str | None = Field(None, pattern=r"^https?://[^\s]+$")
+    """An RFC 3161 time-stamp authority, so signatures outlive the certificate; none: untimestamped."""
+
+
 class GatewayConfig(_Section):
     deployment: DeploymentOptions = {}
     """Ray Serve options of the Gateway deployment."""
@@ -255,6 +268,8 @@ class GatewayConfig(_Section):
     """Longer side, in pixels, of streamed previews (partial images); decoded from downsampled latents."""
     watermark: WatermarkConfig = WatermarkConfig()
     """The invisible watermark embedded in every generated image (`sana-serve verify-watermark` reads it)."""
+    c2pa: C2paConfig | None = None
+    """Sign a C2PA manifest into every returned file (needs `pip install 'sana-serve[c2pa]'`); none: unsigned."""
     provenance_parameters: bool = True
     """Write the generation parameters (prompt as generated, negative prompt, seed, steps, guidance,
     size, model) into every returned file, as A1111's `parameters`. Off for privacy; the

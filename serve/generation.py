@@ -28,6 +28,7 @@ from models.registry import SAMPLERS, Sampler
 from serve.admission import Admission, Ticket
 from serve.checkpoint_specs import CheckpointProfile, checkpoint_profile
 from serve.config import AppConfig
+from serve.content_credentials import ContentCredentials
 from serve.errors import (
     ApiError,
     BadRequest,
@@ -252,6 +253,7 @@ class GenerationService:
         self._encode_pool = ThreadPoolExecutor(config.gateway.image_encode_threads, thread_name_prefix="image-encode")
         marking = config.gateway.watermark
         self.watermark = Watermark(marking.payload) if marking.enabled else None
+        self.credentials = ContentCredentials(config.gateway.c2pa) if config.gateway.c2pa is not None else None
 
     @_typed_errors
     async def generate(
@@ -651,12 +653,14 @@ class GenerationService:
     async def _encode_images(self, images: Any, output_format: str, provenances: list[Provenance] | None = None,
                              watermarks: list[Watermark | None] | None = None) -> list[bytes]:
         """Encode uint8 images [n, H, W, 3] in the encode pool (each marked AI-generated, see
-        serve.provenance; with its parameters and watermark where given)."""
+        serve.provenance, and signed when C2PA is configured; with its parameters and watermark
+        where given)."""
         loop = asyncio.get_running_loop()
         provenances = provenances or [Provenance()] * len(images)
         watermarks = watermarks or [None] * len(images)
         return list(await asyncio.gather(*(
-            loop.run_in_executor(self._encode_pool, encode_image, image, output_format, provenance, watermark)
+            loop.run_in_executor(self._encode_pool, encode_image, image, output_format, provenance, watermark,
+                                 self.credentials)
             for image, provenance, watermark in zip(images, provenances, watermarks)
         )))
 

@@ -64,8 +64,9 @@ def test_dockerfile_installs_like_the_readme():
     dockerfile = (ROOT / "deploy" / "Dockerfile").read_text()
     ci = (ROOT / ".ci" / "run").read_text()
     assert _torch_pin(dockerfile) == _torch_pin(readme) == _torch_pin(ci)
-    # Then the project itself, torch already satisfied (the README adds the test extra, editable).
+    # Then the project itself, torch already satisfied (the image adds C2PA signing; the README the
+    # test extra, editable).
     steps = [line for line in dockerfile.splitlines() if line.startswith("RUN pip install")]
-    assert steps == ["RUN pip install torch==2.13.0", "RUN pip install ."]
+    assert steps == ["RUN pip install torch==2.13.0", "RUN pip install '.[c2pa]'"]
     assert "pip install -e '.[test]'" in readme
     assert re.search(r"COPY pyproject.toml .*serve_config.yaml", dockerfile)

@@ -73,3 +73,29 @@ def test_the_service_writes_the_request_as_generated():
 def test_parameters_can_be_turned_off_but_not_the_marking():
     xmp, parameters = read_back(_generate(app_config(gateway__provenance_parameters=False)))
     assert parameters is None and DIGITAL_SOURCE_TYPE in xmp
+
+
+def exiftool(data: bytes, tmp_path, suffix: str) -> dict:
+    """What exiftool (Debian: libimage-exiftool-perl; .ci/run installs it) reads from a file."""
+    import json
+    import shutil
+    import subprocess
+
+    assert shutil.which("exiftool"), "exiftool is missing: apt-get install libimage-exiftool-perl"
+    path = tmp_path / f"image.{suffix}"
+    path.write_bytes(data)
+    out = subprocess.run(["exiftool", "-j", "-charset", "utf8", "-XMP:all", "-PNG:all", "-EXIF:all", str(path)],
+                         capture_output=True, text=True, check=True, timeout=60)
+    return json.loads(out.stdout)[0]
+
+
+@pytest.mark.parametrize("output_format", ["png", "jpeg", "webp"])
+def test_exiftool_reads_the_marking_and_the_parameters(output_format, tmp_path):
+    text = f"a {HEART} fox\nNegative prompt: fog\nSteps: 2, Seed: 7"
+    tags = exiftool(encode_image(np.full((64, 96, 3), 90, np.uint8), output_format, Provenance(text)),
+                    tmp_path, output_format)
+    assert tags["DigitalSourceType"] == DIGITAL_SOURCE_TYPE and tags["CreatorTool"].startswith("sana-serve")
+    assert tags["Parameters" if output_format == "png" else "UserComment"] == text
+    bare = exiftool(encode_image(np.full((64, 96, 3), 90, np.uint8), output_format), tmp_path, output_format)
+    assert bare["DigitalSourceType"] == DIGITAL_SOURCE_TYPE
+    assert "Parameters" not in bare and "UserComment" not in bare
