@@ -3,7 +3,8 @@
 The checker is `materialize tiny-image-checker`: a real transformers ViT image classifier whose
 "nsfw" score is the share of the picture that is red, so "a red heart" is flagged and "a blue star
 on a yellow background" is not. The watermark is read back from what the API returned, also after
-a JPEG re-encode at quality 75, with `sana-serve verify-watermark`.
+a JPEG re-encode at quality 75, with `sana-serve verify-watermark`; the C2PA manifest of each file
+validates against the test root.
 """
 
 from __future__ import annotations
@@ -24,6 +25,7 @@ from PIL import Image
 from models.image_checker import ImageChecker
 from models.materialize import materialize
 from serve.watermark import detected, read_watermark
+from tests.c2pa_certs import make_signing_files, validation
 from tests.serve_harness import decode_images, deployed, local_args, settled_metric
 
 APP = "sana-image-safety"
@@ -55,13 +57,20 @@ def test_the_stand_in_scores_red_pictures_high_and_others_low(checker_checkpoint
 
 
 @pytest.fixture(scope="module")
-def base_url(ray_serve, shapes_checkpoint, checker_checkpoint):
+def signing(tmp_path_factory):
+    return make_signing_files(tmp_path_factory.mktemp("c2pa"))
+
+
+@pytest.fixture(scope="module")
+def base_url(ray_serve, shapes_checkpoint, checker_checkpoint, signing):
     args = local_args(str(shapes_checkpoint))
     args["safety"]["image_checker"] = {
         "enabled": True, "checkpoint": str(checker_checkpoint), "threshold": 0.5, "action": "replace",
         "placeholder_rgb": list(PLACEHOLDER), "deployment": {"ray_actor_options": {"num_cpus": 0.1}},
     }
     args["gateway"]["watermark"] = {"enabled": True, "payload": PAYLOAD}
+    args["gateway"]["c2pa"] = {"certificate_chain_file": str(signing.certificate_chain_file),
+                               "private_key_file": str(signing.private_key_file)}
     with deployed(args, APP, "/checked"):
         yield f"{ray_serve}/checked"
 
@@ -137,3 +146,14 @@ def test_streamed_and_job_results_say_whether_each_image_was_flagged(base_url):
         time.sleep(0.5)
     assert record["status"] == "completed", record
     assert [item["flagged"] for item in record["result"]["data"]] == [False]
+
+
+def test_every_returned_file_carries_a_trusted_c2pa_manifest(base_url, signing):
+    from serve.provenance import DIGITAL_SOURCE_TYPE
+
+    for prompt, output_format in ((SAFE, "webp"), (UNSAFE, "png")):  # the placeholder is signed too
+        payload = _generate(base_url, prompt, output_format=output_format)
+        state, manifest = validation(base64.b64decode(payload["data"][0]["b64_json"]), f"image/{output_format}",
+                                     signing.root_pem)
+        assert state == "Trusted", prompt
+        assert DIGITAL_SOURCE_TYPE in json.dumps(manifest["assertions"])
