@@ -114,7 +114,7 @@ def summarize(results: list[Result], wall_s: float) -> dict:
     ok = [r for r in results if r.status == 200]
     latencies = [r.latency_s * 1000 for r in ok]
     stages = {}
-    for stage in ("queue", "encode", "denoise", "decode", "image_encode", "total"):
+    for stage in ("queue", "encode", "denoise", "decode", "image_check", "image_encode", "total"):
         values = [r.timings_ms[stage] for r in ok if stage in r.timings_ms]
         if values:
             stages[stage] = round(statistics.mean(values), 1)

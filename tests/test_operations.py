@@ -30,6 +30,7 @@ OUR_METRICS = {
     "ray_sana_time_to_first_event_ms": "histogram",
     "ray_sana_cancelled": "counter",
     "ray_sana_webhook_deliveries": "counter",
+    "ray_sana_image_checks": "counter",
 }
 WEBHOOK_SECRET = "whsec-ops-test"
 
@@ -43,9 +44,14 @@ def webhook_receiver():
 
 
 @pytest.fixture(scope="module")
-def base_url(ray_serve, tiny_checkpoint, webhook_receiver):
+def base_url(ray_serve, tiny_checkpoint, webhook_receiver, tmp_path_factory):
+    from models.materialize import materialize
+
     args = local_args(str(tiny_checkpoint))
     args["jobs"] = {"webhooks": {"allowed_hosts": [webhook_receiver.host]}}
+    checker = materialize("tiny-image-checker", tmp_path_factory.mktemp("image-checker"))
+    args["safety"]["image_checker"] = {"enabled": True, "checkpoint": str(checker), "action": "flag",
+                                       "deployment": {"ray_actor_options": {"num_cpus": 0.05}}}
     actor = args["gateway"]["deployment"].setdefault("ray_actor_options", {})
     actor["runtime_env"] = {"env_vars": {"SANA_SERVE_WEBHOOK_SECRET": WEBHOOK_SECRET}}
     with deployed(args, APP, "/ops"):
@@ -102,8 +108,12 @@ def test_our_metrics_are_exported_with_sensible_values(scraped):
     assert _value(scraped, "ray_sana_images_generated_total", **route) >= 4
     assert _value(scraped, "ray_sana_request_latency_ms_count", **route) >= 3
     assert _value(scraped, "ray_sana_request_latency_ms_sum", **route) > 0
-    for stage in ("queue", "encode", "denoise", "decode", "image_encode"):
+    for stage in ("queue", "encode", "denoise", "decode", "image_check", "image_encode"):
         assert _value(scraped, "ray_sana_stage_latency_ms_count", stage=stage, **route) >= 3, stage
+    checked = sum(_value(scraped, "ray_sana_image_checks_total", kind="image", result=result, **route)
+                  for result in ("passed", "flagged"))
+    assert checked >= 4
+    assert _value(scraped, "ray_sana_batch_size_count", stage="image_checker") >= 1
     assert _value(scraped, "ray_sana_stage_latency_ms_sum", stage="denoise", **route) > 0
     assert _value(scraped, "ray_sana_batch_size_count", stage="denoiser") >= 1
     # Batch sizes count images: the n=2 request made a batch above the le=1 bucket.
