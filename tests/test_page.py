@@ -69,6 +69,10 @@ def page_url(ray_serve, tmp_path_factory):
     args = local_args(str(shapes), str(shapes_4k))
     args["auth"] = {"enabled": True, "key_hashes": [hashlib.sha256(KEY.encode()).hexdigest()]}
     args["files"] = {"directory": str(tmp_path_factory.mktemp("files"))}
+    # The image check's stand-in flags red pictures; flag only, so every picture stays as drawn.
+    checker = materialize("tiny-image-checker", tmp_path_factory.mktemp("image-checker"))
+    args["safety"]["image_checker"] = {"enabled": True, "checkpoint": str(checker), "action": "flag",
+                                       "deployment": {"ray_actor_options": {"num_cpus": 0.05}}}
     with deployed(args, APP, "/page"):
         yield f"{ray_serve}/page"
 
@@ -162,6 +166,7 @@ def test_prompt_to_picture_with_progress_previews_true_size_pixels_and_download(
     # The picture at its true size, and its pixels are the API's for the same request.
     img = card.find_element(By.CSS_SELECTOR, ".card-images img")
     assert page.execute_script("return [arguments[0].naturalWidth, arguments[0].naturalHeight]", img) == [640, 384]
+    assert not card.find_elements(By.CSS_SELECTOR, "figcaption.flagged")  # the image check passed it
     body = {"prompt": PROMPT, "model": "sana-shapes", "size": "640x384", "num_inference_steps": 10, "seed": 7,
             "output_format": "png"}
     answer = httpx.post(f"{page_url}/v1/images/generations", json=body, headers=AUTH, timeout=120)
@@ -241,6 +246,20 @@ def test_the_apis_size_errors_show_next_to_the_size_field(page, page_url):
         assert page.find_elements(By.CSS_SELECTOR, "#cards > .card") == []  # no job was made
         page.find_element(By.ID, "prompt").click()
     assert page.switch_to.active_element.get_attribute("id") in ("width", "prompt")
+
+
+def test_a_picture_the_safety_check_flags_says_so_on_its_card(page):
+    _fill(page, "prompt", "a red heart")
+    Select(page.find_element(By.ID, "size")).select_by_value("512x512")
+    page.find_element(By.ID, "random-seed").click()  # fixed seed
+    _fill(page, "seed", "4")
+    page.find_element(By.ID, "generate").click()
+    card = wait_for(lambda: page.find_elements(By.CSS_SELECTOR, "#cards > .card"), 10, what="a card")[0]
+    wait_for(lambda: _state(card) == "completed", 120, what="the job to complete")
+    figure = card.find_element(By.CSS_SELECTOR, ".card-images figure")
+    assert figure.get_attribute("data-flagged") == "true"
+    assert figure.find_element(By.CSS_SELECTOR, "figcaption.flagged").text == (
+        "Image 1 was flagged by the server's safety check.")
 
 
 def test_several_jobs_run_at_once_each_in_its_own_card_with_hearts_for_unsafe_words(page):

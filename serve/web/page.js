@@ -626,6 +626,13 @@ class JobCard {
       const download = element("a", { href: src, download: `sana-${result.seed}-${i + 1}.${format === "jpeg" ? "jpg" : format}`, class: "download" },
         `Download image ${i + 1} (${result.size} ${format.toUpperCase()})`);
       wrap.append(enlarge, download);
+      if (item.flagged === true) {
+        // The server's image safety check flagged it: a grey placeholder stands in for it, unless
+        // the server only flags (then it is the image as generated).
+        wrap.dataset.flagged = "true";
+        wrap.append(element("figcaption", { class: "flagged" },
+          `Image ${i + 1} was flagged by the server's safety check.`));
+      }
       return wrap;
     })).catch((error) => {
       this.showError(`The images could not be fetched: ${error instanceof ApiError ? error.describe() : error.message}`);
