@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+from pathlib import Path
 
 import pytest
 import torch
@@ -89,3 +90,16 @@ def test_real_size_variant_is_written_under_its_hub_file_variant(tmp_path, monke
 
     tensors = load_file(folder / "transformer" / "diffusion_pytorch_model.bf16.safetensors")
     assert {t.dtype for t in tensors.values()} == {torch.bfloat16}
+
+
+def test_the_image_checker_stand_in_is_the_same_bytes_every_time_and_resolves_by_name(tmp_path, monkeypatch):
+    from models.image_checker import ImageChecker
+    from serve.checkpoint_specs import resolve_checkpoint
+
+    first = materialize("tiny-image-checker", tmp_path / "a")
+    assert _weights(first) == _weights(materialize("tiny-image-checker", tmp_path / "b"))
+    monkeypatch.setenv("SANA_SERVE_CACHE", str(tmp_path / "cache"))
+    folder = Path(resolve_checkpoint("materialized:tiny-image-checker"))  # as deploy/local.yaml names it
+    assert _weights(folder) == _weights(first)
+    checker = ImageChecker.from_pretrained(str(folder), device="cpu")
+    assert checker.model.config.id2label == {0: "normal", 1: "nsfw"}

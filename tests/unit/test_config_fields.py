@@ -94,6 +94,13 @@ def test_every_mistyped_field_is_refused_with_its_yaml_path(path):
     (("auth", "key_hashes"), ["sk-plain-key"], "SHA-256"),
     (("gateway", "size_routes"), [{"above": 10, "route": "nowhere"}], "size_routes[0].route"),
     (("routes", "sana-shapes", "denoiser", "batching", "max_batch_size"), 2, "below the 4 images"),
+    (("safety", "image_checker", "placeholder_rgb"), [0, 0, 300], "channels must be in [0, 255]"),
+    (("safety", "image_checker", "action"), "delete", "'replace' or 'flag'"),
+    (("safety", "image_checker", "on_error"), "ignore", "'closed' or 'open'"),
+    (("gateway", "watermark", "payload"), "\u00fc" * 9, "at most 16 bytes"),
+    (("gateway", "c2pa"), {"certificate_chain_file": "c.pem", "private_key_file": "k.pem", "algorithm": "rsa"},
+     "gateway.c2pa.algorithm"),
+    (("gateway", "c2pa"), {"certificate_chain_file": "c.pem"}, "gateway.c2pa.private_key_file"),
 ])
 def test_ranges_and_cross_field_rules(path, value, words):
     args = copy.deepcopy(LOCAL)
@@ -117,6 +124,9 @@ def test_shipped_configs_parse_with_their_meaning():
     assert local.route_for_size(4096, 1024) == "sana-shapes-4k" and local.route_for_size(2048, 2048) == "sana-shapes"
     assert production.route_for_size(2000, 100) == "sana-1600m-2k"
     assert production.safety.classifier.enabled and production.text_encoder.cache_size == 4096
+    assert production.safety.image_checker.enabled and production.safety.image_checker.on_error == "closed"
+    assert production.gateway.watermark.enabled and not local.gateway.watermark.enabled
+    assert not local.safety.image_checker.enabled
     four_k = production.routes["sana-1600m-4k"]
     options = four_k.deployment(four_k.decoder)["ray_actor_options"]
     assert options["num_gpus"] == 1 and options["resources"] == {"large_memory": 0.01}
