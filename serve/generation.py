@@ -16,7 +16,7 @@ import logging
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from functools import wraps
 from typing import Any, TypeVar
 
@@ -507,45 +507,45 @@ class GenerationService:
     async def _check_images(self, route: str, images: np.ndarray, progress: _Progress,
                             preview: bool = False) -> CheckedImages:
         """The image safety check on a request's images (or a preview's), when the route has it.
-        Flagged images become the placeholder under `replace`. If the check itself fails: 503
-        (closed) or the images unchecked (open), logged and counted either way."""
+        Flagged images become the placeholder under `replace`. A checker replica that dies is
+        retried like a stage; if the check still fails: 503 (closed) or the images unchecked
+        (open), logged and counted either way."""
         unchecked = CheckedImages(list(images), [None] * len(images), [False] * len(images))
         checker, settings = self.stages.image_checker, self.config.safety.image_checker
         if checker is None or not settings.enabled or not self.config.routes[route].image_check:
             return unchecked
         kind = "preview" if preview else "image"
-        check_started = time.perf_counter()
-        try:
-            scores = await progress.result(progress.track(checker.check.remote(images)))
-        except ApiError as exc:
-            if exc is progress.failure or isinstance(exc, Cancelled):
-                raise
-            scores = exc
-        except Exception as exc:  # noqa: BLE001 - the checker's or Ray's failure: the policy decides
-            scores = exc
-        if isinstance(scores, BaseException):
-            result = f"failed_{settings.on_error}"
-            self.metrics.image_check(route, kind, result, len(images))
-            log_event(logger, "image_check_failed", logging.ERROR, request_id=progress.request_id, route=route,
-                      kind=kind, on_error=settings.on_error, error=error_text(scores))
-            if settings.on_error == "open":
-                return CheckedImages(unchecked.images, unchecked.flagged, unchecked.replaced,
-                                     (time.perf_counter() - check_started) * 1000)
-            raise StageFailed("the image safety check is unavailable, so no image is returned; retry later",
-                              retry_after_s=5.0) from scores
+        started = time.perf_counter()
+        retries_left = self.config.gateway.stage_retries
+        while True:
+            try:
+                scores = await progress.result(progress.track(checker.check.remote(images)))
+                break
+            except Exception as exc:  # noqa: BLE001 - the checker's or Ray's failure: the policy decides
+                if exc is progress.failure or isinstance(exc, Cancelled):
+                    raise
+                if retries_left > 0 and is_replica_failure(exc):
+                    retries_left -= 1
+                    continue
+                self.metrics.image_check(route, kind, f"failed_{settings.on_error}", len(images))
+                log_event(logger, "image_check_failed", logging.ERROR, request_id=progress.request_id, route=route,
+                          kind=kind, on_error=settings.on_error, error=error_text(exc))
+                if settings.on_error == "closed":
+                    raise StageFailed("the image safety check is unavailable, so no image is returned; retry later",
+                                      retry_after_s=5.0) from exc
+                return replace(unchecked, check_ms=(time.perf_counter() - started) * 1000)
         flagged = [score > settings.threshold for score in scores]
         replaced = [f and settings.action == "replace" for f in flagged]
-        for verdict in (True, False):
-            count = sum(1 for f in flagged if f is verdict)
-            if count:
-                self.metrics.image_check(route, kind, "flagged" if verdict else "passed", count)
+        for verdict, result in ((True, "flagged"), (False, "passed")):
+            if count := flagged.count(verdict):
+                self.metrics.image_check(route, kind, result, count)
         if any(flagged):
             log_event(logger, "image_flagged", logging.WARNING, request_id=progress.request_id, route=route,
                       kind=kind, action=settings.action, scores=[round(score, 4) for score in scores])
         placeholder = np.array(settings.placeholder_rgb, np.uint8)
         return CheckedImages(
             [np.broadcast_to(placeholder, image.shape).copy() if r else image for image, r in zip(images, replaced)],
-            list(flagged), replaced, (time.perf_counter() - check_started) * 1000)
+            list(flagged), replaced, (time.perf_counter() - started) * 1000)
 
     # --- stages -------------------------------------------------------------------------------
 

@@ -178,13 +178,16 @@ class FakeClassifier(FakeStage):
 
 class FakeImageChecker(FakeStage):
     """Scores an image by its first pixel's red value / 255 (the fake decoder's images are grey 128,
-    its previews the step number); raises `failure` when set."""
+    its previews the step number); raises `failure` when set, and each of `failures` once."""
 
     def __init__(self, kind: str, log: list) -> None:
         super().__init__(kind, log)
         self.failure: BaseException | None = None
+        self.failures: list[BaseException] = []
 
     async def do_check(self, images: np.ndarray) -> list[float]:
+        if self.failures:
+            raise self.failures.pop(0)
         if self.failure is not None:
             raise self.failure
         return [float(image[0, 0, 0]) / 255.0 for image in images]

@@ -325,6 +325,14 @@ def test_a_failing_checker_fails_closed_with_503_and_a_metric():
     assert metrics.image_checks == [("r1k", "image", "failed_closed", 1)] and not metrics.done
 
 
+def test_a_checker_replica_that_dies_mid_call_is_retried():
+    service, stages, metrics = _checked(0.6)
+    stages.image_checker.failures = [ActorDiedError()]
+    result = _generate(service)
+    assert result.flagged == [False] and len(stages.calls("image_checker", "check")) == 2
+    assert metrics.image_checks == [("r1k", "image", "passed", 1)]
+
+
 def test_a_failing_checker_fails_open_when_configured_with_a_metric():
     service, stages, metrics = _checked(0.5, on_error="open")
     stages.image_checker.failure = RuntimeError("checker down")
