@@ -370,7 +370,7 @@ class ImageCheckerConfig(StageConfig):
 
     @field_validator("placeholder_rgb")
     @classmethod
-    def _bytes(cls, value: list[int]) -> list[int]:
+    def _channels(cls, value: list[int]) -> list[int]:
         if not all(0 <= channel <= 255 for channel in value):
             raise ValueError("channels must be in [0, 255]")
         return value
