@@ -85,6 +85,13 @@ def choose_placement(source: str, device: str | torch.device | None = None, dtyp
     return Placement(device=device, dtype=run_dtype, weight_variant=weight_variant)
 
 
+def load_classifier(model_class, source: str, device: str | None = None, dtype: str | None = None) -> torch.nn.Module:
+    """A whole-repo transformers model (the safety classifiers: one model per repo, no subfolders)
+    from a folder or Hub repo id, placed as `choose_placement` says, in eval mode."""
+    placement = choose_placement(source, device, dtype)
+    return model_class.from_pretrained(source, dtype=placement.dtype).to(placement.device).eval()
+
+
 def _check_subfolders(folder: Path, subfolders: tuple[str, ...], source: str) -> None:
     missing = [sub for sub in subfolders if not (folder / sub).is_dir()]
     if missing:

@@ -189,13 +189,7 @@ class Denoiser:
                 scheduler.model_outputs = [None if m is None else m[keep] for m in scheduler.model_outputs]
             model_input = torch.cat([latents, latents]) if guided else latents
             timestep = t.expand(model_input.shape[0]) * timestep_scale
-            noise = self.transformer(
-                model_input.to(dtype),
-                encoder_hidden_states=embeds,
-                encoder_attention_mask=mask,
-                timestep=timestep,
-                return_dict=False,
-            )[0].float()
+            noise = self._forward(model_input, embeds, mask, timestep).float()
             if guided:
                 uncond, cond = noise.chunk(2)
                 noise = uncond + scales * (cond - uncond)
@@ -254,14 +248,7 @@ class Denoiser:
             scm = scm_t.view(-1, 1, 1, 1)
             norm = torch.sqrt(scm**2 + (1 - scm) ** 2)
             model_input = (latents / sigma_data) * norm
-            flow = self.transformer(
-                model_input.to(dtype),
-                encoder_hidden_states=embeds,
-                encoder_attention_mask=mask,
-                guidance=guidance,
-                timestep=scm_t,
-                return_dict=False,
-            )[0]
+            flow = self._forward(model_input, embeds, mask, scm_t, guidance=guidance)
             flow = ((1 - 2 * scm) * model_input + (1 - 2 * scm + 2 * scm**2) * flow) / norm
             flow = flow.float() * sigma_data
             # Each job's own scheduler step (its own generator draws its next noise).
@@ -275,6 +262,12 @@ class Denoiser:
                 on_step(StepReport(step, len(timesteps), tuple(batch.jobs),
                                    self._previews(all_jobs, batch, step, denoised / sigma_data)))
         return dict(zip(batch.jobs, (denoised / sigma_data).split(batch.counts)))
+
+    def _forward(self, model_input: torch.Tensor, embeds: torch.Tensor, mask: torch.Tensor, timestep: torch.Tensor,
+                 **conditioning: torch.Tensor) -> torch.Tensor:
+        """One transformer forward in its dtype (`conditioning`: SCM's embedded `guidance`)."""
+        return self.transformer(model_input.to(self.transformer.dtype), encoder_hidden_states=embeds,
+                                encoder_attention_mask=mask, timestep=timestep, return_dict=False, **conditioning)[0]
 
     @staticmethod
     def _previews(jobs: list[DenoiseJob], batch: "_Rows", step: int, clean: torch.Tensor) -> dict[int, torch.Tensor]:

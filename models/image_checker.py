@@ -18,7 +18,7 @@ from collections.abc import Sequence
 import numpy as np
 import torch
 
-from models.checkpoint import choose_placement
+from models.checkpoint import load_classifier
 
 DEFAULT_CHECKPOINT = "Falconsai/nsfw_image_detection"
 DEFAULT_UNSAFE_LABELS = ("nsfw",)
@@ -43,10 +43,8 @@ class ImageChecker:
         """From a local folder or a Hub repo id (an image-classification model and its processor)."""
         from transformers import AutoImageProcessor, AutoModelForImageClassification
 
-        placement = choose_placement(source, device, dtype)
-        processor = AutoImageProcessor.from_pretrained(source, use_fast=False)
-        model = AutoModelForImageClassification.from_pretrained(source, dtype=placement.dtype)
-        return cls(processor, model.to(placement.device).eval(), unsafe_labels)
+        model = load_classifier(AutoModelForImageClassification, source, device, dtype)
+        return cls(AutoImageProcessor.from_pretrained(source, use_fast=False), model, unsafe_labels)
 
     @property
     def device(self) -> torch.device:

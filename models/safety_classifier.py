@@ -12,7 +12,7 @@ from importlib import resources
 
 import torch
 
-from models.checkpoint import choose_placement
+from models.checkpoint import load_classifier
 
 DEFAULT_CHECKPOINT = "google/shieldgemma-2b"
 
@@ -56,10 +56,8 @@ class SafetyClassifier:
         """From a local folder or a Hub repo id (google/shieldgemma-2b is gated: set HF_TOKEN)."""
         from transformers import AutoModelForCausalLM, AutoTokenizer
 
-        placement = choose_placement(source, device, dtype)
-        tokenizer = AutoTokenizer.from_pretrained(source)
-        model = AutoModelForCausalLM.from_pretrained(source, dtype=placement.dtype)
-        return cls(tokenizer, model.to(placement.device).eval(), policy)
+        model = load_classifier(AutoModelForCausalLM, source, device, dtype)
+        return cls(AutoTokenizer.from_pretrained(source), model, policy)
 
     @property
     def device(self) -> torch.device:

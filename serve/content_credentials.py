@@ -13,6 +13,7 @@ Signing runs in the gateway's encode threads after encoding: a few milliseconds 
 
 from __future__ import annotations
 
+import io
 import json
 import threading
 from pathlib import Path
@@ -58,8 +59,6 @@ class ContentCredentials:
         self._lock = threading.Lock()
 
     def sign(self, data: bytes, output_format: str) -> bytes:
-        import io
-
         builder = self._c2pa.Builder(self._manifest, context=self._context)
         signed = io.BytesIO()
         with self._lock:

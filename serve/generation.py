@@ -512,7 +512,7 @@ class GenerationService:
         (open), logged and counted either way."""
         unchecked = CheckedImages(list(images), [None] * len(images), [False] * len(images))
         checker, settings = self.stages.image_checker, self.config.safety.image_checker
-        if checker is None or not settings.enabled or not self.config.routes[route].image_check:
+        if checker is None or not self.config.routes[route].image_check:
             return unchecked
         kind = "preview" if preview else "image"
         started = time.perf_counter()

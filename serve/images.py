@@ -1,12 +1,11 @@
 """Image encoding for responses: uint8 pixels → (watermark) → PNG/JPEG/WebP bytes with their
-provenance (serve.provenance) → (C2PA signature) → base64.
+provenance (serve.provenance) → (C2PA signature).
 
 Encoding a 4K PNG takes seconds, so callers run this in a worker thread, never on the event loop.
 """
 
 from __future__ import annotations
 
-import base64
 import io
 from typing import TYPE_CHECKING
 
@@ -56,6 +55,3 @@ def _metadata(output_format: str, provenance: Provenance) -> dict:
         exif.get_ifd(EXIF_IFD)[USER_COMMENT] = user_comment(provenance.parameters)
     return {"xmp": xmp, "exif": exif.tobytes()}
 
-
-def encode_b64(pixels: np.ndarray, output_format: str, provenance: Provenance | None = None) -> str:
-    return base64.b64encode(encode_image(pixels, output_format, provenance)).decode("ascii")

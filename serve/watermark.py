@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
+from functools import cache
 
 import numpy as np
 
@@ -59,9 +60,10 @@ def _embed(bgr: np.ndarray, bits: list[int]) -> np.ndarray:
     library loops over the blocks in Python (~0.3 s per 1024 px image holding the GIL); here all
     blocks go through one batched SVD (tests/unit/test_watermark.py checks the pixels against the
     library's own frame encoder). Fixed: the library writes the channel back into a uint8 array,
-    so values pushed past 0 or 255 wrap around (bright speckles along saturated edges, measured up
-    to 235 levels off), and rebuilds it with the horizontal and vertical details swapped (~8 dB
-    PSNR lost on textured images). Here it is rebuilt in float, in order, rounded and clipped."""
+    so values pushed past 0 or 255 wrap around (bright speckles along saturated edges: pixels up to
+    235 levels off), and rebuilds it with the horizontal and vertical details swapped (PSNR 32.1
+    instead of 42.7 dB on textured pictures); both measured by `python -m bench.safety_provenance`.
+    Here it is rebuilt in float, in order, rounded and clipped."""
     import cv2
     import pywt
 
@@ -77,6 +79,7 @@ def _embed(bgr: np.ndarray, bits: list[int]) -> np.ndarray:
     return cv2.cvtColor(yuv, cv2.COLOR_YUV2BGR)
 
 
+@cache  # the same 4x4 matrix for every image
 def _dct_matrix(n: int) -> np.ndarray:
     """Orthonormal DCT-II (what cv2.dct computes): X = D @ x @ D.T, x = D.T @ X @ D."""
     k, i = np.meshgrid(np.arange(n), np.arange(n), indexing="ij")

@@ -213,14 +213,15 @@ class FakeStages:
         return [args for k, m, args in self.log if (k, m) == (kind, method)]
 
 
-def fake_stages(route_names, scores: dict[str, float] | None = None) -> FakeStages:
+def fake_stages(route_names, scores: dict[str, float] | None = None, image_checker: bool = False) -> FakeStages:
     stages = FakeStages()
     stages.text_encoder = FakeTextEncoder("text_encoder", stages.log)
     for name in route_names:
         stages.routes[name] = (FakeDenoiser(f"denoiser:{name}", stages.log), FakeDecoder(f"decoder:{name}", stages.log))
     if scores is not None:
         stages.classifier = FakeClassifier("classifier", stages.log, scores)
-    stages.image_checker = FakeImageChecker("image_checker", stages.log)  # used where the config enables it
+    if image_checker:  # as the app builder binds one only when the config enables it
+        stages.image_checker = FakeImageChecker("image_checker", stages.log)
     return stages
 
 

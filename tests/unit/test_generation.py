@@ -22,7 +22,7 @@ HEART = "\u2764\ufe0f"
 
 def _service(config=None, scores=None):
     config = config or app_config()
-    stages = fake_stages(config.routes, scores)
+    stages = fake_stages(config.routes, scores, image_checker=config.safety.image_checker.enabled)
     metrics = RecordingMetrics()
     return GenerationService(config, stages.handles(), metrics), stages, metrics
 
