@@ -7,9 +7,9 @@ every request already pays on the gateway) as the baseline; medians and [min, ma
 - image check: the default checker's architecture (ViT-B/16 at 224 px, as Falconsai/
   nsfw_image_detection; random weights, since compute does not depend on them) through our
   `models.image_checker.ImageChecker` with its processor, for 1 and 8 images of 1024 px;
-- watermark: `serve.watermark.Watermark.embed` (invisible-watermark's DWT-DCT-SVD, vectorized), and
+- watermark: `serve.output.watermark.Watermark.embed` (invisible-watermark's DWT-DCT-SVD, vectorized), and
   the library's own encoder, 1024 px;
-- C2PA: signing an encoded 1024 px PNG (`serve.content_credentials`, a throwaway ES256 identity).
+- C2PA: signing an encoded 1024 px PNG (`serve.output.content_credentials`, a throwaway ES256 identity).
 Distortion: PSNR and the largest change of any pixel, ours against the library's encoder.
 Robustness: the watermark read back (detected = fewer than one chance in a million that an unmarked
 image matches as many bits) from 1024 px images, flat ones from the shapes world and the same with
@@ -32,8 +32,8 @@ from pathlib import Path
 import numpy as np
 from PIL import Image, ImageFilter
 
-from serve.images import encode_image
-from serve.watermark import Watermark, detected, matching_bits, read_watermark
+from serve.output.encoding import encode_image
+from serve.output.watermark import Watermark, detected, matching_bits, read_watermark
 
 SIDE = 1024
 PAYLOAD = "sana-gen"
@@ -88,7 +88,7 @@ def _library_embed(picture: np.ndarray) -> np.ndarray:
 
 def _signer():
     from serve.config import C2paConfig
-    from serve.content_credentials import ContentCredentials
+    from serve.output.content_credentials import ContentCredentials
     from tests.c2pa_certs import make_signing_files
 
     files = make_signing_files(Path(tempfile.mkdtemp()))

@@ -13,8 +13,12 @@ from ray.serve import Application
 
 from serve.config import AppConfig, parse_app_config
 from serve.gateway import Gateway
-from serve.job_store import JobStore
-from serve.stages import Decoder, Denoiser, ImageChecker, SafetyClassifier, TextEncoder
+from serve.jobs.store import JobStore
+from serve.stages.decoder import Decoder
+from serve.stages.denoiser import Denoiser
+from serve.stages.image_checker import ImageChecker
+from serve.stages.safety_classifier import SafetyClassifier
+from serve.stages.text_encoder import TextEncoder
 
 
 def stage_deployment_name(kind: str, route: str) -> str:

@@ -100,8 +100,8 @@ def _verify_watermark(args: argparse.Namespace) -> int:
     from PIL import Image, UnidentifiedImageError
 
     from serve.errors import ApiError
-    from serve.validation import parse_size
-    from serve.watermark import chance_of_match, detected, matching_bits, read_watermark
+    from serve.gate.validation import parse_size
+    from serve.output.watermark import chance_of_match, detected, matching_bits, read_watermark
 
     expected = _expected_payload(args).encode("utf-8")
     try:

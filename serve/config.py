@@ -253,7 +253,7 @@ class GatewayConfig(_Section):
     image_encode_threads: int = Field(4, ge=1)
     """Threads that PNG/JPEG/WebP-encode results, off the event loop."""
     admission: AdmissionConfig = AdmissionConfig()
-    """Which requests a gateway replica takes on (see serve/admission.py); the rest get 503 +
+    """Which requests a gateway replica takes on (see serve/gate/admission.py); the rest get 503 +
     Retry-After at once, before any stage work."""
     max_request_timeout_s: float = Field(600.0, gt=0)
     """Largest `X-Request-Timeout` a client may set (seconds); past its own timeout a request's
@@ -332,7 +332,7 @@ class JobsConfig(_Section):
 class WordFilterConfig(_Section):
     enabled: bool = True
     use_default_list: bool = True
-    """The list shipped in serve/blocklists/default.txt."""
+    """The list shipped in serve/gate/blocklists/default.txt."""
     extra_words: list[str] = []
     extra_files: list[str] = []
 

@@ -1,6 +1,6 @@
 """Gateway: the ingress deployment. Wiring (stage handles → generation service → HTTP app), and
 draining on shutdown. Everything else lives elsewhere: the API in `serve/api/`, orchestration in
-`serve/generation.py`, admission in `serve/admission.py`, validation in `serve/validation.py`.
+`serve/generation/`, admission and validation in `serve/gate/`.
 """
 
 from __future__ import annotations
@@ -12,7 +12,7 @@ from ray.serve.handle import DeploymentHandle
 from serve.api.app import build_api
 from serve.api.deps import build_deps
 from serve.config import AppConfig
-from serve.generation import RouteHandles, StageHandles
+from serve.generation.handles import RouteHandles, StageHandles
 from serve.metrics import ServeMetrics
 
 

@@ -11,7 +11,7 @@ from concurrent.futures import ThreadPoolExecutor
 import httpx
 import pytest
 
-from serve.auth import key_digest
+from serve.gate.auth import key_digest
 from tests.serve_harness import deployed, local_args
 
 APP = "sana-hardening"

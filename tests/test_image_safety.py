@@ -24,7 +24,7 @@ from PIL import Image
 
 from models.image_checker import ImageChecker
 from models.materialize import materialize
-from serve.watermark import detected, read_watermark
+from serve.output.watermark import detected, read_watermark
 from tests.c2pa_certs import make_signing_files, validation
 from tests.serve_harness import decode_images, deployed, local_args, settled_metric
 
@@ -118,7 +118,7 @@ def test_a_safe_image_passes_unchanged_and_carries_the_watermark(base_url, tmp_p
 
 
 def test_the_placeholder_carries_the_marking_but_no_parameters_nor_watermark(base_url):
-    from serve.provenance import DIGITAL_SOURCE_TYPE
+    from serve.output.provenance import DIGITAL_SOURCE_TYPE
     from tests.unit.test_provenance import read_back
 
     flagged = _generate(base_url, UNSAFE, output_format="jpeg")
@@ -149,7 +149,7 @@ def test_streamed_and_job_results_say_whether_each_image_was_flagged(base_url):
 
 
 def test_every_returned_file_carries_a_trusted_c2pa_manifest(base_url, signing):
-    from serve.provenance import DIGITAL_SOURCE_TYPE
+    from serve.output.provenance import DIGITAL_SOURCE_TYPE
 
     for prompt, output_format in ((SAFE, "webp"), (UNSAFE, "png")):  # the placeholder is signed too
         payload = _generate(base_url, prompt, output_format=output_format)

@@ -314,7 +314,7 @@ def small_gateway(tmp_path_factory):
 
     from serve.api.app import build_api
     from serve.api.deps import build_deps
-    from serve.jobs import JobBook
+    from serve.jobs.book import JobBook
     from tests.unit.fakes import LocalHandle, RecordingMetrics, app_config, fake_stages
 
     config = app_config(files={"directory": str(tmp_path_factory.mktemp("files"))},

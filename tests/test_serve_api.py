@@ -145,7 +145,7 @@ def test_eight_concurrent_mixed_requests_equal_their_solo_results(base_url, pipe
 def test_served_files_are_marked_and_carry_the_parameters(base_url, output_format):
     import base64
 
-    from serve.provenance import DIGITAL_SOURCE_TYPE
+    from serve.output.provenance import DIGITAL_SOURCE_TYPE
     from tests.unit.test_provenance import read_back
 
     body = {"prompt": "a red fox", "size": "512x512", "seed": 5, "num_inference_steps": 2, "negative_prompt": "fog",

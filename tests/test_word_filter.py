@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from serve.word_filter import HEART, WordFilter, read_list
+from serve.gate.word_filter import HEART, WordFilter, read_list
 
 
 @pytest.fixture(scope="module")

@@ -7,14 +7,15 @@ from typing import Any
 
 from fastapi import Request
 
-from serve.auth import Authenticator
 from serve.config import AppConfig, files_dir
-from serve.files import DirectoryFileStore, FileStore
-from serve.generation import GenerationService, StageHandles
-from serve.job_runner import JobRunner
+from serve.gate.auth import Authenticator
+from serve.gate.validation import RequestValidator
+from serve.generation.handles import StageHandles
+from serve.generation.service import GenerationService
+from serve.jobs.files import DirectoryFileStore, FileStore
+from serve.jobs.runner import JobRunner
+from serve.jobs.webhooks import WebhookSender
 from serve.metrics import GatewayMetrics
-from serve.validation import RequestValidator
-from serve.webhooks import WebhookSender
 
 
 @dataclass(frozen=True)

@@ -11,7 +11,7 @@ from fastapi.responses import Response
 from serve.api.deps import ApiDeps, authorize, deps
 from serve.api.images import ERRORS
 from serve.errors import NotFound
-from serve.files import FILES_ROUTE
+from serve.jobs.files import FILES_ROUTE
 
 router = APIRouter()
 

@@ -16,9 +16,9 @@ from fastapi.responses import JSONResponse, StreamingResponse
 from serve.api.deps import ApiDeps, authorize, deps
 from serve.api.sse import KEEP_ALIVE, SSE_HEADERS, sse_event
 from serve.errors import ApiError, BadRequest, PayloadTooLarge, UnsupportedMediaType, to_api_error
-from serve.files import store_images
-from serve.generation import GenerationEvent, GenerationResult
-from serve.responses import b64, response_body
+from serve.generation.events import GenerationEvent
+from serve.generation.result import GenerationResult, b64, response_body
+from serve.jobs.files import store_images
 from serve.schemas import ErrorResponse, ImageGenerationRequest, ImageGenerationResponse, Timings
 
 router = APIRouter()

@@ -17,8 +17,8 @@ from serve.api.deps import ApiDeps, authorize, deps
 from serve.api.images import ERRORS, base_url, read_json_body
 from serve.api.sse import KEEP_ALIVE, SSE_HEADERS, sse_event
 from serve.errors import BadRequest, NotFound
-from serve.job_runner import with_base_url
-from serve.webhooks import DEFAULT_EVENTS, EVENTS
+from serve.jobs.runner import with_base_url
+from serve.jobs.webhooks import DEFAULT_EVENTS, EVENTS
 
 router = APIRouter()
 

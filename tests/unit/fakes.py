@@ -18,8 +18,8 @@ import torch
 
 from serve.checkpoint_specs import CheckpointProfile
 from serve.config import parse_app_config
-from serve.generation import RouteHandles, StageHandles
-from serve.payloads import DenoiseProgress, Latents, Pixels, StageTiming
+from serve.generation.handles import RouteHandles, StageHandles
+from serve.stages.payloads import DenoiseProgress, Latents, Pixels, StageTiming
 
 
 class FakeResponse:

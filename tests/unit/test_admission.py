@@ -1,4 +1,4 @@
-"""Admission from live figures (serve/admission.py), the queue budget and the per-request deadline
+"""Admission from live figures (serve/gate/admission.py), the queue budget and the per-request deadline
 in the generation service, and draining: on a fake clock and fake stages, no Ray."""
 
 from __future__ import annotations
@@ -8,12 +8,12 @@ import asyncio
 import httpx
 import pytest
 
-from serve.admission import Admission
 from serve.api.app import build_api
 from serve.api.deps import build_deps
 from serve.config import AdmissionConfig
 from serve.errors import DeadlineExceeded, Overloaded
-from serve.generation import GenerationService
+from serve.gate.admission import Admission
+from serve.generation.service import GenerationService
 from serve.schemas import ImageGenerationRequest
 from tests.unit.fakes import RecordingMetrics, app_config, fake_stages
 

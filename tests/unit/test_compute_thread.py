@@ -6,7 +6,7 @@ import asyncio
 import threading
 import time
 
-from serve.compute_thread import ComputeThread
+from serve.stages.compute_thread import ComputeThread
 
 
 def test_every_call_runs_on_the_same_thread_which_is_not_the_callers():

@@ -7,9 +7,9 @@ import numpy as np
 import pytest
 
 from serve.config import C2paConfig, ConfigError
-from serve.content_credentials import ContentCredentials
-from serve.images import MEDIA_TYPES, encode_image
-from serve.provenance import DIGITAL_SOURCE_TYPE, Provenance
+from serve.output.content_credentials import ContentCredentials
+from serve.output.encoding import MEDIA_TYPES, encode_image
+from serve.output.provenance import DIGITAL_SOURCE_TYPE, Provenance
 from tests.c2pa_certs import make_signing_files, validation
 from tests.unit.test_provenance import read_back
 

@@ -13,7 +13,8 @@ from ray.exceptions import ActorDiedError
 
 from models.binning import bin_size
 from serve.errors import BadRequest, Cancelled, ModelNotFound, Overloaded, StageFailed
-from serve.generation import GenerationService, preview_steps
+from serve.generation.service import GenerationService
+from serve.generation.stage_calls import preview_steps
 from serve.schemas import ImageGenerationRequest
 from tests.unit.fakes import RecordingMetrics, app_config, fake_stages
 

@@ -14,7 +14,7 @@ import pytest
 
 from serve.api.app import build_api
 from serve.api.deps import build_deps
-from serve.auth import key_digest
+from serve.gate.auth import key_digest
 from tests.unit.fakes import RecordingMetrics, app_config, fake_stages
 
 KEY = "sk-unit-0123456789"

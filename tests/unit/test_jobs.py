@@ -16,11 +16,11 @@ from PIL import Image
 
 from serve.api.app import build_api
 from serve.api.deps import build_deps
-from serve.auth import key_digest
 from serve.config import JobsConfig
 from serve.errors import Conflict, NotFound
-from serve.jobs import JobBook
-from serve.webhooks import verify_signature
+from serve.gate.auth import key_digest
+from serve.jobs.book import JobBook
+from serve.jobs.webhooks import verify_signature
 from tests.unit.fakes import LocalHandle, RecordingMetrics, app_config, fake_stages
 from tests.webhook_receiver import Receiver
 
@@ -320,7 +320,7 @@ def test_webhooks_are_signed_retried_after_a_500_and_only_sent_to_allowed_hosts(
 
 
 def test_the_file_store_expires_files_and_keeps_within_its_size(tmp_path):
-    from serve.files import DirectoryFileStore
+    from serve.jobs.files import DirectoryFileStore
 
     clock = Clock()
     store = DirectoryFileStore(tmp_path / "files", ttl_s=100, max_bytes=2500, clock=clock)

@@ -16,7 +16,7 @@ from hypothesis import strategies as st
 
 from serve.api.app import build_api
 from serve.api.deps import build_deps
-from serve.jobs import JobBook
+from serve.jobs.book import JobBook
 from tests.unit.fakes import LocalHandle, RecordingMetrics, app_config, fake_stages
 
 # Every code point, surrogates (category Cs) and controls included.

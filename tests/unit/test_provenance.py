@@ -10,9 +10,9 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from serve.generation import GenerationService
-from serve.images import encode_image
-from serve.provenance import (
+from serve.generation.service import GenerationService
+from serve.output.encoding import encode_image
+from serve.output.provenance import (
     DIGITAL_SOURCE_TYPE,
     EXIF_IFD,
     USER_COMMENT,

@@ -8,7 +8,7 @@ import pytest
 
 from serve.config import Limits
 from serve.errors import BadRequest, Overloaded, PayloadTooLarge, StageFailed, error_response, to_api_error
-from serve.validation import RequestValidator
+from serve.gate.validation import RequestValidator
 
 LIMITS = Limits(max_prompt_chars=20, max_images=2, min_side=64, max_side=512, max_aspect_ratio=4.0, max_steps=3,
                 max_guidance=10.0, max_body_bytes=512)

@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from serve.watermark import MIN_SIDE, Watermark, chance_of_match, detected, read_watermark
+from serve.output.watermark import MIN_SIDE, Watermark, chance_of_match, detected, read_watermark
 from train.shapes import parse_caption, render
 
 
@@ -22,7 +22,7 @@ def _textured(side: int = 512, seed: int = 0) -> np.ndarray:
 
 def _library_embed(rgb: np.ndarray, payload: bytes) -> np.ndarray:
     """The library's algorithm block by block (its EmbedDwtDctSvd.encode_frame), with the channel
-    rebuilt the way serve.watermark rebuilds it (float, details in order, clipped)."""
+    rebuilt the way serve.output.watermark rebuilds it (float, details in order, clipped)."""
     import cv2
     import pywt
     from imwatermark.dwtDctSvd import EmbedDwtDctSvd

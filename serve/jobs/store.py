@@ -13,7 +13,7 @@ from ray import serve
 
 from serve import metrics
 from serve.config import JobsConfig
-from serve.jobs import Claim, JobBook
+from serve.jobs.book import Claim, JobBook
 
 SWEEP_EVERY_S = 1.0
 

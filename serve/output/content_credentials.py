@@ -1,7 +1,7 @@
 """C2PA Content Credentials: a signed manifest in every returned file, when the operator configures
 a signing certificate and key (`gateway.c2pa`).
 
-The manifest says what the XMP marking says (serve.provenance), but signed: one `c2pa.created`
+The manifest says what the XMP marking says (serve.output.provenance), but signed: one `c2pa.created`
 action with the IPTC digital source type `trainedAlgorithmicMedia` and sana-serve as the software
 agent, bound to the file's bytes by a hash, so any C2PA validator (the `c2pa` tools, Adobe's
 Content Authenticity site) shows who generated the image and detects an edit. No thumbnail (the
@@ -19,7 +19,7 @@ import threading
 from pathlib import Path
 
 from serve.config import C2paConfig, ConfigError
-from serve.provenance import DIGITAL_SOURCE_TYPE, software
+from serve.output.provenance import DIGITAL_SOURCE_TYPE, software
 
 _MIME_TYPES = {"png": "image/png", "jpeg": "image/jpeg", "webp": "image/webp"}
 

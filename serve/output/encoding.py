@@ -1,5 +1,5 @@
 """Image encoding for responses: uint8 pixels → (watermark) → PNG/JPEG/WebP bytes with their
-provenance (serve.provenance) → (C2PA signature).
+provenance (serve.output.provenance) → (C2PA signature).
 
 Encoding a 4K PNG takes seconds, so callers run this in a worker thread, never on the event loop.
 """
@@ -13,11 +13,11 @@ import numpy as np
 from PIL import Image
 from PIL.PngImagePlugin import PngInfo
 
-from serve.provenance import EXIF_IFD, SOFTWARE, USER_COMMENT, Provenance, software, user_comment
-from serve.watermark import Watermark
+from serve.output.provenance import EXIF_IFD, SOFTWARE, USER_COMMENT, Provenance, software, user_comment
+from serve.output.watermark import Watermark
 
 if TYPE_CHECKING:
-    from serve.content_credentials import ContentCredentials
+    from serve.output.content_credentials import ContentCredentials
 
 _PIL_FORMATS = {"png": "PNG", "jpeg": "JPEG", "webp": "WEBP"}
 # PNG level 1: several times faster than the default 6, about 10% larger.

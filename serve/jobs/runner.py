@@ -18,13 +18,14 @@ from typing import Any
 
 from serve.config import JobsConfig
 from serve.errors import ApiError, Cancelled
-from serve.files import FileStore, store_images
-from serve.generation import GenerationEvent, GenerationResult, GenerationService
-from serve.jobs import CANCELLED, COMPLETED, FAILED, Claim
+from serve.gate.validation import RequestValidator
+from serve.generation.events import GenerationEvent
+from serve.generation.result import GenerationResult, response_body
+from serve.generation.service import GenerationService
+from serve.jobs.book import CANCELLED, COMPLETED, FAILED, Claim
+from serve.jobs.files import FileStore, store_images
+from serve.jobs.webhooks import DEFAULT_EVENTS, WebhookSender
 from serve.logs import error_text, log_event
-from serve.responses import response_body
-from serve.validation import RequestValidator
-from serve.webhooks import DEFAULT_EVENTS, WebhookSender
 
 logger = logging.getLogger("sana_serve.jobs")
 

@@ -171,7 +171,7 @@ class WordFilter:
     ) -> "WordFilter":
         words: set[str] = set(extra_words)
         if use_default:
-            words |= read_list(resources.files("serve").joinpath("blocklists/default.txt").read_text("utf-8"))
+            words |= read_list(resources.files("serve.gate").joinpath("blocklists/default.txt").read_text("utf-8"))
         for path in extra_files:
             words |= read_list(Path(path).read_text("utf-8"))
         return cls(words)
