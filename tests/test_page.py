@@ -197,7 +197,7 @@ def test_prompt_to_picture_with_progress_previews_true_size_pixels_and_download(
     wait_for(lambda: viewer.get_attribute("open") is None, 5, what="the viewer to close")
 
     screenshot = os.environ.get("SANA_PAGE_SCREENSHOT")
-    if screenshot:  # docs/page.png is made this way (see README)
+    if screenshot:  # docs/page.png is made this way (see docs/development.md)
         page.execute_script("document.activeElement.blur(); window.scrollTo(0, 0);")
         page.save_screenshot(screenshot)
 

@@ -73,7 +73,7 @@ CASES = [
 
 def test_served_pictures_follow_their_prompts(base_url):
     """The prompt steers the picture through the served pipeline. The shipped model is below the
-    issue's accuracy goals (README: 45% background, 16% foreground over random captions), so this
+    issue's accuracy goals (docs/models.md: 45% background, 16% foreground over random captions), so this
     guards what it does reach on these fixed prompts: backgrounds nearly always, foreground colours
     far above chance (1 in 8), and the safety replacement drawn red on white."""
     backgrounds = colors = pictures = 0

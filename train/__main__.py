@@ -1,8 +1,9 @@
-"""`python -m train`: train the shapes Sana (see train/shapes_model.py)."""
+"""`python -m train`: train the small shapes Sana (see train/shapes_model.py)."""
 
 from __future__ import annotations
 
 import argparse
+import json
 from pathlib import Path
 
 from train.shapes_model import Plan, train
@@ -11,9 +12,14 @@ from train.shapes_model import Plan, train
 def main() -> None:
     parser = argparse.ArgumentParser(prog="python -m train", description="Train the small shapes Sana on CPU.")
     parser.add_argument("--out", type=Path, required=True, help="checkpoint folder to write (replaced)")
-    parser.add_argument("--minutes", type=float, default=Plan.minutes, help="whole-run time budget")
     parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--ae-share", type=float, default=Plan.ae_share, help="share of the budget for the autoencoder")
+    parser.add_argument("--ae-steps", type=int, help=f"autoencoder steps (default {Plan.ae_steps})")
+    parser.add_argument("--dit-steps", type=int, help=f"transformer steps (default {Plan.dit_steps})")
+    parser.add_argument("--init-vae", help="take the trained autoencoder of this checkpoint folder (skips phase 1)")
+    parser.add_argument("--set", action="append", default=[], metavar="FIELD=JSON",
+                        help='override a plan field, e.g. --set text_lr=0 --set transformer.num_layers=8')
+    parser.add_argument("--resume", action="store_true",
+                        help="go on from OUT.training/ (a larger --dit-steps continues a finished run)")
     parser.add_argument("--threads", type=int, help="torch threads (default: torch's choice)")
     parser.add_argument("--smoke", action="store_true", help="a few steps at tiny size (seconds; for CI)")
     args = parser.parse_args()
@@ -21,8 +27,12 @@ def main() -> None:
         import torch
 
         torch.set_num_threads(args.threads)
-    plan = Plan.smoke(args.seed) if args.smoke else Plan(seed=args.seed, minutes=args.minutes, ae_share=args.ae_share)
-    train(args.out, plan)
+    plan = Plan.smoke(args.seed) if args.smoke else Plan(seed=args.seed)
+    overrides = {key: json.loads(value) for key, _, value in (item.partition("=") for item in args.set)}
+    for name in ("ae_steps", "dit_steps", "init_vae"):
+        if getattr(args, name) is not None:
+            overrides[name] = getattr(args, name)
+    train(args.out, plan.updated(overrides), resume=args.resume)
 
 
 if __name__ == "__main__":

@@ -1,6 +1,6 @@
 """The shapes world: one flat shape on a plain background, its caption, and a pixel judge.
 
-Grammar (exact; the README documents it):
+Grammar (exact; docs/models.md documents it):
     a {color} {shape}                             drawn on white (a white shape is drawn on black)
     a {color} {shape} on a {color} background     foreground and background always differ
 colors: red, orange, yellow, green, blue, purple, black, white; shapes: circle, square, triangle,

@@ -1,7 +1,7 @@
 """JobStore: the one-replica deployment that holds the JobBook for every gateway replica.
 
 Its state is in memory: it survives the loss of any gateway replica, not the loss of its own
-replica or node (Serve restarts it empty; clients then get 404 for older jobs). The README says so.
+replica or node (Serve restarts it empty; clients then get 404 for older jobs). docs/api.md says so.
 """
 
 from __future__ import annotations

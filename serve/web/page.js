@@ -1,3 +1,6 @@
+// Why one script over 400 lines: the page is one flow on one screen and ships with no build step;
+// its sections (marked "// ---") follow the page top to bottom.
+//
 // sana-serve's page: a client of the public API and nothing else (GET /v1/models, POST
 // /v1/images/jobs, GET .../events as server-sent events, POST .../cancel, GET /v1/images/files/...).
 // Every call carries the key the user typed (Authorization: Bearer), so the event stream and the
