@@ -83,7 +83,9 @@ def test_a_request_past_its_timeout_gets_504_and_its_denoising_stops(url):
 
     time.sleep(2 * BUDGET_S)  # the previous test's load is gone
     before = settled(lambda samples: metric_value(samples, "ray_sana_denoise_steps_total", APP))
-    body = {"prompt": "a red fox", "size": "1024x1024", "num_inference_steps": 50, "seed": 1}
+    # 2048 px: 50 steps take seconds even on a fast host, so the deadline lands mid-denoise (at
+    # 1024 px a fast host finished denoising within 0.8 s and the deadline landed in the decode).
+    body = {"prompt": "a red fox", "size": "2048x2048", "num_inference_steps": 50, "seed": 1}
     response, seconds = _post(url, body, {"X-Request-Timeout": "0.8"})
     assert response.status_code == 504, response.text
     error = response.json()["error"]

@@ -20,6 +20,8 @@ def main() -> None:
                         help='override a plan field, e.g. --set text_lr=0 --set transformer.num_layers=8')
     parser.add_argument("--resume", action="store_true",
                         help="go on from OUT.training/ (a larger --dit-steps continues a finished run)")
+    parser.add_argument("--reuse-bank", type=Path, metavar="BANK_PT",
+                        help="another run's OUT.training/bank.pt, used when made the same way (saves encoding)")
     parser.add_argument("--threads", type=int, help="torch threads (default: torch's choice)")
     parser.add_argument("--smoke", action="store_true", help="a few steps at tiny size (seconds; for CI)")
     args = parser.parse_args()
@@ -32,7 +34,7 @@ def main() -> None:
     for name in ("ae_steps", "dit_steps", "init_vae"):
         if getattr(args, name) is not None:
             overrides[name] = getattr(args, name)
-    train(args.out, plan.updated(overrides), resume=args.resume)
+    train(args.out, plan.updated(overrides), resume=args.resume, reuse_bank=args.reuse_bank)
 
 
 if __name__ == "__main__":

@@ -231,12 +231,26 @@ def train_autoencoder(plan: Plan, work: Path):
 
 # --- phase 2: the latent bank -------------------------------------------------------------------
 
+def _bank_key(plan: Plan, vae) -> dict:
+    """What a latent bank depends on: a bank with the same key can be reused by another run."""
+    weights = sum(float(p.double().sum()) for p in vae.encoder.parameters())
+    return {"seed": plan.seed, "bins": list(plan.bins), "latent_bank": plan.latent_bank, "colors": list(plan.colors),
+            "shapes": list(plan.shapes), "encoder_weights_sum": round(weights, 6)}
+
+
 @torch.no_grad()
-def encode_bank(plan: Plan, vae, work: Path) -> tuple[dict[tuple[int, int], torch.Tensor], dict[tuple[int, int], list[Scene]]]:
-    """Rendered pictures at each trained bin, encoded once: latents (unscaled) and their scenes."""
+def encode_bank(plan: Plan, vae, work: Path, reuse: Path | None = None):
+    """Rendered pictures at each trained bin, encoded once: latents (unscaled) and their scenes.
+    `reuse`: a bank.pt of another run, taken when it was made the same way (ablations share one)."""
     saved = work / "bank.pt"
-    if saved.exists():
-        return torch.load(saved, weights_only=False)
+    key = _bank_key(plan, vae)
+    for candidate in (saved, reuse):
+        if candidate is not None and candidate.exists():
+            stored = torch.load(candidate, weights_only=False)
+            if stored.get("key") == key:
+                if candidate != saved:
+                    shutil.copyfile(candidate, saved)
+                return stored["latents"], stored["scenes"]
     rng = random.Random(plan.seed + 1)
     latents: dict[tuple[int, int], list[torch.Tensor]] = {}
     scenes: dict[tuple[int, int], list[Scene]] = {}
@@ -252,9 +266,9 @@ def encode_bank(plan: Plan, vae, work: Path) -> tuple[dict[tuple[int, int], torc
             scenes.setdefault(size, []).extend(batch)
             done += len(batch)
             progress.report(done)
-    bank = ({size: torch.cat(items) for size, items in latents.items()}, scenes)
-    torch.save(bank, saved)
-    return bank
+    bank = {size: torch.cat(items) for size, items in latents.items()}
+    torch.save({"key": key, "latents": bank, "scenes": scenes}, saved)
+    return bank, scenes
 
 
 # --- phase 3: the transformer and the text encoder ----------------------------------------------
@@ -401,7 +415,7 @@ def train_transformer(plan: Plan, bank, scenes, scaling: float, work: Path, toke
 
 # --- the whole run ------------------------------------------------------------------------------
 
-def train(out: Path, plan: Plan, resume: bool = False) -> Path:
+def train(out: Path, plan: Plan, resume: bool = False, reuse_bank: Path | None = None) -> Path:
     from models.materialize import _model_index, _write_scheduler, _write_tokenizer
     from models.registry import get_variant
 
@@ -427,7 +441,7 @@ def train(out: Path, plan: Plan, resume: bool = False) -> Path:
     _write_tokenizer(staging)
 
     vae, ae_report = train_autoencoder(plan, work)
-    bank, scenes = encode_bank(plan, vae, work)
+    bank, scenes = encode_bank(plan, vae, work, reuse_bank)
     if plan.init_vae:
         scaling = float(vae.config.scaling_factor)
     else:
