@@ -9,6 +9,7 @@ stores them; tiny ones in float32 without a variant.
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import shutil
@@ -128,8 +129,33 @@ def _copy_packaged(variant: Variant, out: Path) -> Path:
     config = json.loads(config_path.read_text())
     config["sample_size"] = variant.sample_size
     config_path.write_text(json.dumps(config, indent=2, sort_keys=True) + "\n")
-    (out / "sana_serve.json").write_text(json.dumps({"arch": variant.name, "packaged": variant.packaged}) + "\n")
+    (out / "sana_serve.json").write_text(json.dumps({"arch": variant.name, "packaged": variant.packaged,
+                                                      "source": packaged_fingerprint(source)}) + "\n")
     return out
+
+
+def packaged_fingerprint(source: Path) -> str:
+    """SHA-256 over a packaged checkpoint's files (names and bytes): a copy made from an older
+    package (a cached `materialized:shapes` after an upgrade) no longer matches it."""
+    digest = hashlib.sha256()
+    for path in sorted(p for p in source.rglob("*") if p.is_file()):
+        digest.update(path.relative_to(source).as_posix().encode())
+        digest.update(path.read_bytes())
+    return digest.hexdigest()
+
+
+def is_current(folder: Path) -> bool:
+    """Whether a materialized folder still is what `materialize` would write: copies of a packaged
+    checkpoint are checked against the package; random ones are fixed by their arch and seed."""
+    from models.registry import PACKAGED_DIR
+
+    try:
+        record = json.loads((folder / "sana_serve.json").read_text())
+    except (OSError, ValueError):
+        return False
+    if record.get("packaged") is None:
+        return True
+    return record.get("source") == packaged_fingerprint(PACKAGED_DIR / record["packaged"])
 
 
 # Classifier checkpoints `materialize` can write besides the Sana pipelines of the registry.

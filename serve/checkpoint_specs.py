@@ -31,17 +31,18 @@ def resolve_checkpoint(spec: str) -> str:
     """A folder or Hub repo id for `spec`, materializing `materialized:ARCH` if it is not cached yet."""
     if not is_materialized(spec):
         return spec
-    from models.materialize import materialize
+    from models.materialize import is_current, materialize
 
     arch = spec.removeprefix(MATERIALIZED_PREFIX)
     target = materialized_path(spec)
     done = MATERIALIZED_MARKER  # every materialized folder (pipeline, classifier, LoRA) ends with it
-    if (target / done).exists():
+    if (target / done).exists() and is_current(target):
         return str(target)
     target.parent.mkdir(parents=True, exist_ok=True)
     with open(target.parent / f".{arch}.lock", "w") as lock:
         fcntl.flock(lock, fcntl.LOCK_EX)
-        if not (target / done).exists():
+        # Missing, or a copy of an older packaged checkpoint (the package was upgraded): write it.
+        if not ((target / done).exists() and is_current(target)):
             staging = target.parent / f".{arch}.staging-{os.getpid()}"
             shutil.rmtree(staging, ignore_errors=True)
             materialize(arch, staging)

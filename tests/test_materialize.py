@@ -103,3 +103,21 @@ def test_the_image_checker_stand_in_is_the_same_bytes_every_time_and_resolves_by
     assert _weights(folder) == _weights(first)
     checker = ImageChecker.from_pretrained(str(folder), device="cpu")
     assert checker.model.config.id2label == {0: "normal", 1: "nsfw"}
+
+
+def test_a_cached_copy_of_an_older_packaged_checkpoint_is_replaced(tmp_path, monkeypatch):
+    """After an upgrade ships a retrained shapes model, `materialized:shapes` serves the new one,
+    not the copy an earlier version left in the cache."""
+    from serve.checkpoint_specs import resolve_checkpoint
+
+    monkeypatch.setenv("SANA_SERVE_CACHE", str(tmp_path))
+    folder = Path(resolve_checkpoint("materialized:shapes"))
+    record = json.loads((folder / "sana_serve.json").read_text())
+    assert record["packaged"] == "sana-shapes" and len(record["source"]) == 64
+    assert resolve_checkpoint("materialized:shapes") == str(folder)  # current: kept as it is
+    stale = folder / "transformer" / "diffusion_pytorch_model.safetensors"
+    stale.write_bytes(b"an older package's weights")
+    (folder / "sana_serve.json").write_text(json.dumps({**record, "source": "0" * 64}))
+    assert resolve_checkpoint("materialized:shapes") == str(folder)
+    assert json.loads((folder / "sana_serve.json").read_text())["source"] == record["source"]
+    assert stale.stat().st_size > 1000

@@ -72,24 +72,28 @@ CASES = [
 
 
 def test_served_pictures_follow_their_prompts(base_url):
-    """The prompt steers the picture through the served pipeline. The shipped model is below the
-    issue's accuracy goals (docs/models.md: 45% background, 16% foreground over random captions), so this
-    guards what it does reach on these fixed prompts: backgrounds nearly always, foreground colours
-    far above chance (1 in 8), and the safety replacement drawn red on white."""
-    backgrounds = colors = pictures = 0
+    """The prompt steers the picture through the served pipeline, judged by the shapes world's
+    judge (deterministic: fixed seeds). What the shipped model reaches on these prompts: every
+    background and foreground colour, most shapes (docs/models.md has its accuracy over random
+    captions), and the safety replacement drawn as a red heart on white."""
+    right = {"background": 0, "color": 0, "shape": 0, "all": 0}
+    pictures = 0
     for prompt, size, n in CASES:
         scene = parse_caption(prompt)
         payload = _post(base_url, {"prompt": prompt, "size": size, "n": n, "seed": 11})
         for picture in decode_images(payload):
             seen = judge(picture)
             pictures += 1
-            backgrounds += seen.background == scene.background_color
-            colors += seen.color == scene.color
+            checks = {"background": seen.background == scene.background_color, "color": seen.color == scene.color,
+                      "shape": seen.shape == scene.shape}
+            checks["all"] = all(checks.values())
+            for key, value in checks.items():
+                right[key] += value
             if prompt.lower().startswith("a red heart"):
-                assert (seen.background, seen.color) == ("white", "red"), (prompt, seen)
+                assert (seen.background, seen.color, seen.shape) == ("white", "red", "heart"), (prompt, seen)
     assert pictures == 9
-    assert backgrounds >= 7, backgrounds
-    assert colors >= 3, colors
+    assert right["background"] >= 8 and right["color"] >= 8, right
+    assert right["shape"] >= 5 and right["all"] >= 5, right
 
 
 def test_the_training_command_runs_end_to_end_in_seconds(tmp_path):
@@ -102,3 +106,26 @@ def test_the_training_command_runs_end_to_end_in_seconds(tmp_path):
 
     pipe = SanaPipeline.from_pretrained(out)  # the layout diffusers loads
     assert pipe.transformer.config.sample_size == 16
+
+
+def _smoke(out: Path, *extra: str) -> subprocess.CompletedProcess:
+    done = subprocess.run([sys.executable, "-m", "train", "--out", str(out), "--smoke", "--threads", "1", *extra],
+                          cwd=ROOT, capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stdout[-2000:] + done.stderr[-2000:]
+    return done
+
+
+@pytest.mark.slow
+def test_a_paused_run_resumed_gives_the_same_weights_as_a_straight_one(tmp_path):
+    """Budgets are steps and the whole state (weights, optimizer, averages, data and noise draws) is
+    saved, so stopping and resuming changes nothing."""
+    _smoke(tmp_path / "straight", "--set", "dit_steps=4")
+    paused = _smoke(tmp_path / "split", "--set", "dit_steps=4", "--pause-after", "2")
+    assert "paused at step 2" in paused.stdout and not (tmp_path / "split").exists()
+    resumed = _smoke(tmp_path / "split", "--set", "dit_steps=4", "--resume")
+    assert "resumed at step 2" in resumed.stdout
+    for part in ("transformer/diffusion_pytorch_model.safetensors", "text_encoder/model.safetensors",
+                 "vae/diffusion_pytorch_model.safetensors"):
+        assert (tmp_path / "straight" / part).read_bytes() == (tmp_path / "split" / part).read_bytes(), part
+    record = json.loads((tmp_path / "split" / "training.json").read_text())
+    assert record["transformer"]["steps"] == 4 and record["text_encoder"]["pretrained_steps"] > 0

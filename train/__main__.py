@@ -20,6 +20,8 @@ def main() -> None:
                         help='override a plan field, e.g. --set text_lr=0 --set transformer.num_layers=8')
     parser.add_argument("--resume", action="store_true",
                         help="go on from OUT.training/ (a larger --dit-steps continues a finished run)")
+    parser.add_argument("--pause-after", type=int, metavar="STEP",
+                        help="stop after this transformer step (state saved); go on later with --resume")
     parser.add_argument("--reuse-bank", type=Path, metavar="BANK_PT",
                         help="another run's OUT.training/bank.pt, used when made the same way (saves encoding)")
     parser.add_argument("--threads", type=int, help="torch threads (default: torch's choice)")
@@ -34,7 +36,8 @@ def main() -> None:
     for name in ("ae_steps", "dit_steps", "init_vae"):
         if getattr(args, name) is not None:
             overrides[name] = getattr(args, name)
-    train(args.out, plan.updated(overrides), resume=args.resume, reuse_bank=args.reuse_bank)
+    train(args.out, plan.updated(overrides), resume=args.resume, reuse_bank=args.reuse_bank,
+          pause_after=args.pause_after)
 
 
 if __name__ == "__main__":

@@ -8,20 +8,22 @@ same weights (given the same torch build and thread count). Progress and an ETA 
 run's state is saved every `checkpoint_every` steps in `OUT.training/`, and `--resume` goes on
 from there (also after the run finished: a longer `--dit-steps` continues the schedule).
 
-Three phases:
+The phases:
 1. DC-AE (`AutoencoderDC`, 32x spatial compression, the real block structure at small width) as an
    autoencoder on rendered crops: L1 + MSE on pixels, and a small penalty that keeps latents near
    unit scale. Its `scaling_factor` is then set to 1/std of its latents, as Sana's is. Or, with
    `init_vae`, an already trained one is taken as it is.
 2. A bank of rendered pictures at the 512-class aspect-ratio bins, encoded once.
-3. `SanaTransformer2DModel` (small width and depth) and the small Gemma-2 text encoder, trained
-   together with Sana's flow-matching objective: x_t = (1-s) x0 + s e, target e - x0, s from a
-   logit-normal shifted by the scheduler's flow shift; 10% of prompts replaced by the empty
-   negative prompt (what classifier-free guidance pairs with). The text encoder sees prompts
+3. The small Gemma-2 text encoder first learns the grammar: a linear head on each prompt's last
+   position classifies its colour, shape and background (`text_pretrain_steps`). It sees prompts
    exactly as served (byte-level tokenizer, complex-human-instruction prefix, BOS + last 299
-   positions; see train/text_side.py). An exponential moving average of both is what ships.
-   `text_lr: 0` keeps the text encoder frozen at its random initialization (the first shipped
-   model, kept for the ablations).
+   positions; see train/text_side.py). Then it is frozen (`text_lr: 0`; above 0 it goes on
+   training with the transformer, which made its features collapse in the ablations;
+   `text_pretrain_steps: 0` keeps it random, the first shipped model's recipe).
+4. `SanaTransformer2DModel` (small width and depth) with Sana's flow-matching objective:
+   x_t = (1-s) x0 + s e, target e - x0, s from a logit-normal shifted by the scheduler's flow
+   shift; 10% of prompts replaced by the empty negative prompt (what classifier-free guidance
+   pairs with). An exponential moving average of the weights is what ships.
 
 The result is a diffusers folder (`model_index.json`, `scheduler/`, `text_encoder/`, `tokenizer/`,
 `transformer/`, `vae/`) that `SanaPipeline.from_pretrained` loads, plus `training.json` with what
@@ -61,7 +63,10 @@ class Plan:
     dit_steps: int = 12000
     dit_batch: int = 16
     dit_lr: float = 1e-3
-    text_lr: float = 5e-4  # 0: the text encoder stays frozen at its random initialization
+    text_pretrain_steps: int = 800  # the text encoder learns to tell colours, shapes and roles apart first
+    text_pretrain_batch: int = 32
+    text_pretrain_lr: float = 3e-3
+    text_lr: float = 0.0  # during the transformer phase; 0: the (pretrained) text encoder is frozen
     warmup: int = 200
     final_lr_share: float = 0.1  # cosine decay to this share of the learning rates
     ema: float = 0.999  # decay of the weights' moving average that ships; 0: the last weights ship
@@ -93,6 +98,7 @@ class Plan:
     @classmethod
     def smoke(cls, seed: int = 0) -> "Plan":
         return cls(seed=seed, ae_steps=3, ae_crop=64, ae_batch=2, latent_bank=8, dit_steps=3, dit_batch=2,
+                   text_pretrain_steps=2, text_pretrain_batch=4,
                    warmup=1, checkpoint_every=2, bins=("1.0",), colors=("red", "blue"), shapes=("circle", "square"),
                    vae={"encoder_block_out_channels": [4, 4, 8, 8, 8, 8],
                         "decoder_block_out_channels": [4, 4, 8, 8, 8, 8],
@@ -310,6 +316,53 @@ def _ema_update(average: torch.nn.Module, model: torch.nn.Module, decay: float) 
             kept.lerp_(live, 1 - decay)
 
 
+def _roles(scene: Scene) -> tuple[int, int, int]:
+    """Class indices of what a caption says: foreground colour, shape, background (last: none named)."""
+    colors = list(COLORS)
+    background = len(colors) if scene.background is None else colors.index(scene.background)
+    return colors.index(scene.color), list(SHAPES).index(scene.shape), background
+
+
+def pretrain_text_encoder(plan: Plan, encoder, model: torch.nn.Module) -> dict:
+    """Teach the text encoder to tell the grammar's words and roles apart before the transformer
+    relies on it: a linear head on the feature at each prompt's last real position (which sees the
+    whole prompt) classifies its foreground colour, shape and background. A random or jointly
+    trained encoder gives features the transformer cannot bind colours to roles through (nearly
+    one vector; jointly trained, they collapse further: docs/models.md has the ablation)."""
+    from models.text_encoder import preprocess
+    from train.shapes import all_scenes
+
+    if plan.text_pretrain_steps <= 0:
+        return {"steps": 0}
+    torch.manual_seed(plan.seed + 6)
+    rng = random.Random(plan.seed + 7)
+    scenes = all_scenes(plan.colors, plan.shapes)
+    hidden = model.config.hidden_size
+    heads = torch.nn.ModuleList([torch.nn.Linear(hidden, n) for n in (len(COLORS), len(SHAPES), len(COLORS) + 1)])
+    model.requires_grad_(True).train()
+    optimizer = torch.optim.AdamW([*model.parameters(), *heads.parameters()], lr=plan.text_pretrain_lr,
+                                  weight_decay=0.0)
+    progress = Progress("text encoder", plan.text_pretrain_steps)
+    right = 0.0
+    for step in range(1, plan.text_pretrain_steps + 1):
+        batch = [rng.choice(scenes) for _ in range(plan.text_pretrain_batch)]
+        texts = [preprocess(rng.choice(captions_of(scene))) for scene in batch]
+        embeds, mask = encoder.encode(texts, with_instruction=True)
+        last = embeds[torch.arange(len(texts)), mask.sum(dim=1) - 1]
+        targets = torch.tensor([_roles(scene) for scene in batch])
+        logits = [head(last) for head in heads]
+        loss = sum(torch.nn.functional.cross_entropy(out, targets[:, i]) for i, out in enumerate(logits))
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        optimizer.step()
+        for group in optimizer.param_groups:
+            group["lr"] = plan.text_pretrain_lr * 0.5 * (1 + math.cos(math.pi * step / plan.text_pretrain_steps))
+        right = float(torch.stack([out.argmax(-1) == targets[:, i] for i, out in enumerate(logits)]).all(0)
+                      .float().mean())
+        progress.report(step, loss=loss.item(), all_right=right)
+    return {"steps": plan.text_pretrain_steps, "final_loss": round(loss.item(), 5), "last_batch_all_right": right}
+
+
 class Models:
     """The transformer and text encoder being trained, their averages, and the optimizer."""
 
@@ -324,6 +377,9 @@ class Models:
             **transformer_config(plan, channels, self.text_encoder.config.hidden_size))
         self.tokenizer = AutoTokenizer.from_pretrained(tokenizer_dir)
         self.trains_text = plan.text_lr > 0
+
+    def after_text_pretraining(self, plan: Plan) -> None:
+        """The transformer phase's optimizer and averages, from the pretrained text encoder."""
         self.text_encoder.requires_grad_(self.trains_text)
         groups = [{"params": list(self.transformer.parameters()), "lr": plan.dit_lr, "base": plan.dit_lr}]
         if self.trains_text:
@@ -350,18 +406,21 @@ class Models:
 
 
 def train_transformer(plan: Plan, bank, scenes, scaling: float, work: Path, tokenizer_dir: Path,
-                      resume: bool) -> tuple[Models, dict]:
+                      resume: bool, pause_after: int | None = None) -> tuple[Models, dict] | None:
+    """The trained models and the phase's report; None when paused (state saved) at `pause_after`."""
     from models.text_encoder import preprocess
     from train.text_side import TrainablePromptEncoder
 
     channels = next(iter(bank.values())).shape[1]
     models = Models(plan, channels, tokenizer_dir)
     encoder = TrainablePromptEncoder(models.tokenizer, models.text_encoder)
+    saved = RunState(work).load() if resume else None
+    text_report = saved["text_report"] if saved is not None else pretrain_text_encoder(plan, encoder, models.text_encoder)
+    models.after_text_pretraining(plan)
     generator = torch.Generator().manual_seed(plan.seed + 3)
     rng = random.Random(plan.seed + 4)
     run_state = RunState(work)
     step, losses, seconds = 0, [], 0.0
-    saved = run_state.load() if resume else None
     if saved is not None:
         models.restore(saved["models"])
         generator.set_state(saved["generator"])
@@ -403,10 +462,14 @@ def train_transformer(plan: Plan, bank, scenes, scaling: float, work: Path, toke
             _ema_update(models.average[1], models.text_encoder, decay)
         losses.append(loss.item())
         progress.report(step, loss=float(np.mean(losses[-100:])))
-        if step % plan.checkpoint_every == 0 or step == plan.dit_steps:
+        if step % plan.checkpoint_every == 0 or step in (plan.dit_steps, pause_after):
             run_state.save({"models": models.state(), "generator": generator.get_state(), "rng": rng.getstate(),
-                            "step": step, "losses": losses, "seconds": time.monotonic() - started})
-    report = {"steps": step, "seconds": round(time.monotonic() - started),
+                            "step": step, "losses": losses, "seconds": time.monotonic() - started,
+                            "text_report": text_report})
+        if step == pause_after:
+            print(f"[transformer] paused at step {step}; go on with --resume", flush=True)
+            return None
+    report = {"text_pretraining": text_report, "steps": step, "seconds": round(time.monotonic() - started),
               "final_loss": round(float(np.mean(losses[-100:])), 5) if losses else None,
               "loss_every_500": [round(float(np.mean(losses[max(0, i - 100):i])), 5)
                                  for i in range(500, len(losses) + 1, 500)]}
@@ -415,7 +478,10 @@ def train_transformer(plan: Plan, bank, scenes, scaling: float, work: Path, toke
 
 # --- the whole run ------------------------------------------------------------------------------
 
-def train(out: Path, plan: Plan, resume: bool = False, reuse_bank: Path | None = None) -> Path:
+def train(out: Path, plan: Plan, resume: bool = False, reuse_bank: Path | None = None,
+          pause_after: int | None = None) -> Path | None:
+    """Run (or, with `resume`, go on with) the plan and write the checkpoint to `out`; with
+    `pause_after`, stop after that transformer step instead (the state is saved; None)."""
     from models.materialize import _model_index, _write_scheduler, _write_tokenizer
     from models.registry import get_variant
 
@@ -449,7 +515,10 @@ def train(out: Path, plan: Plan, resume: bool = False, reuse_bank: Path | None =
         vae.register_to_config(scaling_factor=scaling)
     vae.save_pretrained(staging / "vae")
 
-    models, dit_report = train_transformer(plan, bank, scenes, scaling, work, staging / "tokenizer", resume)
+    trained = train_transformer(plan, bank, scenes, scaling, work, staging / "tokenizer", resume, pause_after)
+    if trained is None:
+        return None
+    models, dit_report = trained
     transformer, text_encoder = models.shipped()
     transformer.eval().save_pretrained(staging / "transformer")
     text_encoder.eval().save_pretrained(staging / "text_encoder")
@@ -462,7 +531,8 @@ def train(out: Path, plan: Plan, resume: bool = False, reuse_bank: Path | None =
         "autoencoder": ae_report,
         "latent_scaling": round(scaling, 5),
         "transformer": dit_report,
-        "text_encoder": {"trained": models.trains_text, "config": text_encoder_config(plan)},
+        "text_encoder": {"pretrained_steps": plan.text_pretrain_steps, "trained_with_transformer": models.trains_text,
+                         "config": text_encoder_config(plan)},
         "shipped_weights": "moving average" if plan.ema > 0 else "last",
         "colors": list(COLORS),
     }
