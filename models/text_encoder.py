@@ -121,6 +121,21 @@ class TextEncoder:
         return cls(tokenizer, model, cache_size=cache_size, max_sequence_length=max_sequence_length)
 
     @property
+    def instruction(self) -> str:
+        """The complex human instruction put in front of positive prompts ("" when off)."""
+        return self._instruction
+
+    @property
+    def instruction_length(self) -> int:
+        """Tokens a positive prompt is padded to: the instruction's, then room for the prompt."""
+        return self._instruction_length
+
+    @property
+    def selected_positions(self) -> list[int]:
+        """The positions kept of the encoder's output: BOS, then the last L-1."""
+        return self._select
+
+    @property
     def device(self) -> torch.device:
         return next(self.model.parameters()).device
 

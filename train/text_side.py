@@ -25,7 +25,7 @@ class TrainablePromptEncoder:
         self.serving = TextEncoder(tokenizer, model, cache_size=0, max_sequence_length=max_sequence_length)
         self.tokenizer, self.model = tokenizer, model
         self.max_sequence_length = max_sequence_length
-        self._prefix = tokenizer(self.serving._instruction, add_special_tokens=True, return_tensors="pt").input_ids
+        self._prefix = tokenizer(self.serving.instruction, add_special_tokens=True, return_tensors="pt").input_ids
         # transformers 5 renamed the forward's `past_key_values` to `cache`.
         self._cache_arg = "cache" if "cache" in inspect.signature(model.forward).parameters else "past_key_values"
 
@@ -38,8 +38,8 @@ class TrainablePromptEncoder:
             hidden = self.model(tokens.input_ids[:, :real], attention_mask=tokens.attention_mask[:, :real])[0]
             return _pad_to(hidden, self.max_sequence_length), tokens.attention_mask
         prefix_length = self._prefix.shape[1]
-        tokens = self.tokenizer([self.serving._instruction + text for text in texts], padding="max_length",
-                                max_length=self.serving._instruction_length, truncation=True,
+        tokens = self.tokenizer([self.serving.instruction + text for text in texts], padding="max_length",
+                                max_length=self.serving.instruction_length, truncation=True,
                                 add_special_tokens=True, return_tensors="pt")
         # Byte-level tokens: the instruction's tokens are the same whatever follows them.
         assert torch.equal(tokens.input_ids[:, :prefix_length], self._prefix.expand(len(texts), -1))
@@ -58,7 +58,7 @@ class TrainablePromptEncoder:
         # BOS, the instruction's last position, then the prompt and padding: BOS plus the last L-1
         # positions of the full pass, as the serving encoder selects them.
         hidden = torch.cat([prefix_hidden[:, :1], prefix_hidden[:, -1:], rest], dim=1)
-        mask = tokens.attention_mask[:, self.serving._select]
+        mask = tokens.attention_mask[:, self.serving.selected_positions]
         return hidden[:, -self.max_sequence_length:], mask
 
 
